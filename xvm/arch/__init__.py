@@ -1,0 +1,1 @@
+"""Architecture facts shared by both engines."""

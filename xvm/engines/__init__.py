@@ -1,0 +1,1 @@
+"""Execution engines: kvm (hardware-assisted) and bt (binary translation)."""
