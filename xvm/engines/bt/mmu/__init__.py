@@ -1,0 +1,1 @@
+"""mmu package."""

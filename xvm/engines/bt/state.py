@@ -1,0 +1,147 @@
+"""Live CPU state of one bt vCPU.
+
+Kept as plain attributes and lists (not dataclasses of dataclasses) because the
+interpreter and translated blocks touch it on every instruction: PyPy's JIT
+and CPython both do best with attribute access on one object and list
+indexing. Conversion to and from the engine-neutral Regs/SpecialRegs happens
+only at the edges (boot, snapshot, register dump).
+
+Register numbering is the hardware encoding: 0=RAX 1=RCX 2=RDX 3=RBX 4=RSP
+5=RBP 6=RSI 7=RDI 8..15=R8..R15 (as in ModRM/REX). Segment numbering is
+the SREG encoding: 0=ES 1=CS 2=SS 3=DS 4=FS 5=GS.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+from xvm.arch.x86.regs import RFLAGS_FIXED, DescriptorTable, Regs, Segment, SpecialRegs
+
+RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
+ES, CS, SS, DS, FS, GS = range(6)
+SEGMENT_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")
+#: Encoding order -> Regs field name.
+GPR_FIELDS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+              "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+
+
+class SegmentCache:
+    """A segment register: the visible selector plus the hidden descriptor cache.
+
+    Loading a segment register copies the descriptor here (SDM Vol. 3 3.4.3);
+    later writes to the GDT/LDT do not change it, as on hardware.
+    `access` holds descriptor bits 40..47 (type, S, DPL, P) and `flags`
+    bits 52..55 (AVL, L, D/B, G); `limit` is the byte-granular limit.
+    """
+
+    __slots__ = ("selector", "base", "limit", "access", "flags")
+
+    def __init__(self, selector: int = 0, base: int = 0, limit: int = 0xFFFF,
+                 access: int = 0x93, flags: int = 0) -> None:
+        self.selector = selector
+        self.base = base
+        self.limit = limit
+        self.access = access
+        self.flags = flags
+
+    @property
+    def dpl(self) -> int:
+        return (self.access >> 5) & 3
+
+    @property
+    def present(self) -> bool:
+        return bool(self.access & 0x80)
+
+    @property
+    def db(self) -> int:
+        return (self.flags >> 2) & 1
+
+    @property
+    def long(self) -> int:
+        return (self.flags >> 1) & 1
+
+    def to_segment(self) -> Segment:
+        return Segment(
+            base=self.base, limit=self.limit, selector=self.selector, type_=self.access & 0xF,
+            present=self.present, dpl=self.dpl, db=self.db, s=(self.access >> 4) & 1,
+            l=self.long, g=(self.flags >> 3) & 1, avl=self.flags & 1,
+            unusable=not self.present,
+        )
+
+    @classmethod
+    def from_segment(cls, seg: Segment) -> SegmentCache:
+        access = (seg.type_ & 0xF) | (seg.s << 4) | (seg.dpl << 5) | (0x80 if seg.present else 0)
+        flags = seg.avl | (seg.l << 1) | (seg.db << 2) | (seg.g << 3)
+        return cls(seg.selector, seg.base, seg.limit, access, flags)
+
+
+class CpuState:
+    """Architectural state of one vCPU (SDM Vol. 1 ch. 3, Vol. 3 ch. 2)."""
+
+    def __init__(self) -> None:
+        self.regs: List[int] = [0] * 16
+        self.rip = 0xFFF0
+        #: RFLAGS with every flag materialised (lazy flags, if any, are the executor's business).
+        self.rflags = RFLAGS_FIXED
+        self.segs: List[SegmentCache] = [SegmentCache() for _ in range(6)]
+        self.segs[CS] = SegmentCache(0xF000, 0xFFFF0000, 0xFFFF, 0x9B, 0)
+        self.ldtr = SegmentCache(0, 0, 0xFFFF, 0x82, 0)
+        self.tr = SegmentCache(0, 0, 0xFFFF, 0x8B, 0)
+        self.gdtr_base = 0
+        self.gdtr_limit = 0xFFFF
+        self.idtr_base = 0
+        self.idtr_limit = 0xFFFF
+        self.cr0 = 0x60000010
+        self.cr2 = 0
+        self.cr3 = 0
+        self.cr4 = 0
+        self.cr8 = 0
+        self.efer = 0
+        self.dr = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
+        #: MSRs other than EFER, by index.
+        self.msrs = {}
+        #: Current privilege level (CS.RPL outside real/v86 quirks; kept explicitly).
+        self.cpl = 0
+        #: Instructions retired (drives virtual time).
+        self.icount = 0
+        self.halted = False
+        #: Interrupt shadow after MOV SS / POP SS / STI (one instruction).
+        self.interrupt_shadow = False
+        self.a20_enabled = True
+        #: x87/SSE state (FXSAVE image layout is the executor's business).
+        self.fpu = None
+        self.xmm: List[int] = [0] * 16
+        self.mxcsr = 0x1F80
+
+    # --- edges: engine-neutral state ---------------------------------------
+    def get_regs(self) -> Regs:
+        values = {name: self.regs[i] for i, name in enumerate(GPR_FIELDS)}
+        return Regs(rip=self.rip, rflags=self.rflags, **values)
+
+    def set_regs(self, regs: Regs) -> None:
+        for i, name in enumerate(GPR_FIELDS):
+            self.regs[i] = getattr(regs, name)
+        self.rip = regs.rip
+        self.rflags = regs.rflags | RFLAGS_FIXED
+
+    def get_sregs(self) -> SpecialRegs:
+        sregs = SpecialRegs(
+            tr=self.tr.to_segment(), ldt=self.ldtr.to_segment(),
+            gdt=DescriptorTable(self.gdtr_base, self.gdtr_limit),
+            idt=DescriptorTable(self.idtr_base, self.idtr_limit),
+            cr0=self.cr0, cr2=self.cr2, cr3=self.cr3, cr4=self.cr4, cr8=self.cr8, efer=self.efer,
+        )
+        for i, name in enumerate(SEGMENT_NAMES):
+            setattr(sregs, name, self.segs[i].to_segment())
+        return sregs
+
+    def set_sregs(self, sregs: SpecialRegs) -> None:
+        for i, name in enumerate(SEGMENT_NAMES):
+            self.segs[i] = SegmentCache.from_segment(getattr(sregs, name))
+        self.tr = SegmentCache.from_segment(sregs.tr)
+        self.ldtr = SegmentCache.from_segment(sregs.ldt)
+        self.gdtr_base, self.gdtr_limit = sregs.gdt.base, sregs.gdt.limit
+        self.idtr_base, self.idtr_limit = sregs.idt.base, sregs.idt.limit
+        self.cr0, self.cr2, self.cr3, self.cr4, self.cr8 = sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4, sregs.cr8
+        self.efer = sregs.efer
+        self.cpl = self.segs[CS].dpl if self.cr0 & 1 else 0
