@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 from xvm.arch.x86 import layout
 from xvm.errors import ConfigError
@@ -70,8 +70,8 @@ class MachineConfig:
     cpus: int = 1
     engine: str = "auto"
     boot: BootConfig = field(default_factory=BootConfig)
-    disks: Tuple[DiskConfig, ...] = ()
-    nets: Tuple[NetConfig, ...] = ()
+    disks: tuple[DiskConfig, ...] = ()
+    nets: tuple[NetConfig, ...] = ()
     #: Seconds before the VM is stopped (None: no limit).
     timeout: Optional[float] = None
     #: bt engine time source: 'virtual' (from the instruction count) or 'host'.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
-from typing import List, Optional, Tuple
+from typing import Optional
 
 try:
     from typing import Protocol
@@ -49,8 +49,8 @@ class Bus:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._bases: List[int] = []
-        self._ranges: List[Tuple[int, int, BusDevice]] = []
+        self._bases: list[int] = []
+        self._ranges: list[tuple[int, int, BusDevice]] = []
         self._lock = threading.Lock()
         self.unmapped_reads = 0
         self.unmapped_writes = 0
@@ -86,7 +86,7 @@ class Bus:
         del self._bases[index]
         del self._ranges[index]
 
-    def lookup(self, addr: int) -> Optional[Tuple[BusDevice, int]]:
+    def lookup(self, addr: int) -> Optional[tuple[BusDevice, int]]:
         """(device, offset) for `addr`, or None when nothing is mapped there."""
         index = bisect.bisect_right(self._bases, addr) - 1
         if index < 0:
@@ -96,7 +96,7 @@ class Bus:
             return device, addr - base
         return None
 
-    def devices(self) -> List[Tuple[int, int, BusDevice]]:
+    def devices(self) -> list[tuple[int, int, BusDevice]]:
         """(base, length, device) for every mapping, in address order."""
         return list(self._ranges)
 

@@ -116,6 +116,30 @@ class Unhandled(VcpuExit):
     name: str = ""
 
 
+class IoHandler(Protocol):
+    """Serves IoIn/IoOut/MmioRead/MmioWrite synchronously (the machine's exit dispatcher).
+
+    The kvm engine returns these exits from run() and the machine serves them;
+    the bt engine, which executes IN/OUT and MMIO loads itself, calls the same
+    handler in the middle of the instruction.
+    """
+
+    def __call__(self, exit_: VcpuExit) -> None: ...
+
+
+class InterruptSource(Protocol):
+    """xvm's own interrupt controllers (PIC/IOAPIC/LAPIC) as one vCPU sees them.
+
+    Used by engines without an in-kernel irqchip (bt): at each instruction
+    boundary with IF=1 the engine asks `pending(cpu)` and, if true, takes the
+    vector from `acknowledge(cpu)` (the INTA cycle).
+    """
+
+    def pending(self, cpu: int) -> bool: ...
+
+    def acknowledge(self, cpu: int) -> int: ...
+
+
 class Vcpu(Protocol):
     """One virtual CPU of a VM."""
 

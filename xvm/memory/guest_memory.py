@@ -16,8 +16,9 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Optional
 
 from xvm.arch.x86 import layout
 from xvm.errors import ConfigError, GuestMemoryError
@@ -27,7 +28,7 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
-def ram_layout(ram_size: int) -> List[Tuple[int, int]]:
+def ram_layout(ram_size: int) -> list[tuple[int, int]]:
     """(guest_base, size) of each RAM region for `ram_size` bytes of RAM.
 
     RAM below 4 GiB stops at the 32-bit MMIO hole; the remainder resumes at 4 GiB.
@@ -76,7 +77,7 @@ class MemoryRegion:
 class GuestMemory:
     """Guest-physical address space made of non-overlapping RAM regions."""
 
-    def __init__(self, regions: List[MemoryRegion]) -> None:
+    def __init__(self, regions: list[MemoryRegion]) -> None:
         self.regions = sorted(regions, key=lambda r: r.guest_base)
         self.size = sum(r.size for r in self.regions)
 
@@ -129,7 +130,7 @@ class GuestMemory:
             return False
         return True
 
-    def _chunks(self, gpa: int, length: int) -> Iterator[Tuple[MemoryRegion, int, int]]:
+    def _chunks(self, gpa: int, length: int) -> Iterator[tuple[MemoryRegion, int, int]]:
         """Split [gpa, gpa+length) into (region, offset, count) pieces, checking bounds."""
         if gpa < 0 or length < 0:
             raise GuestMemoryError(f"invalid guest access at {gpa:#x} length {length}")

@@ -13,8 +13,6 @@ the SREG encoding: 0=ES 1=CS 2=SS 3=DS 4=FS 5=GS.
 
 from __future__ import annotations
 
-from typing import List
-
 from xvm.arch.x86.regs import RFLAGS_FIXED, DescriptorTable, Regs, Segment, SpecialRegs
 
 RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
@@ -79,11 +77,11 @@ class CpuState:
     """Architectural state of one vCPU (SDM Vol. 1 ch. 3, Vol. 3 ch. 2)."""
 
     def __init__(self) -> None:
-        self.regs: List[int] = [0] * 16
+        self.regs: list[int] = [0] * 16
         self.rip = 0xFFF0
         #: RFLAGS with every flag materialised (lazy flags, if any, are the executor's business).
         self.rflags = RFLAGS_FIXED
-        self.segs: List[SegmentCache] = [SegmentCache() for _ in range(6)]
+        self.segs: list[SegmentCache] = [SegmentCache() for _ in range(6)]
         self.segs[CS] = SegmentCache(0xF000, 0xFFFF0000, 0xFFFF, 0x9B, 0)
         self.ldtr = SegmentCache(0, 0, 0xFFFF, 0x82, 0)
         self.tr = SegmentCache(0, 0, 0xFFFF, 0x8B, 0)
@@ -110,7 +108,7 @@ class CpuState:
         self.a20_enabled = True
         #: x87/SSE state (FXSAVE image layout is the executor's business).
         self.fpu = None
-        self.xmm: List[int] = [0] * 16
+        self.xmm: list[int] = [0] * 16
         self.mxcsr = 0x1F80
 
     # --- edges: engine-neutral state ---------------------------------------
