@@ -101,10 +101,14 @@ class MachineConfig:
             raise ConfigError(f"--timeout {self.timeout} must be a positive number of seconds")
         for label, path in (("--kernel", self.boot.kernel), ("--initrd", self.boot.initrd)):
             if path is not None and not Path(path).is_file():
-                raise ConfigError(f"{label} {path}: no such file (check the path, or omit it to boot the default guest)")
+                raise ConfigError(
+                    f"{label} {path}: no such file (check the path, or omit it to boot the default guest)"
+                )
         for disk in self.disks:
             if not Path(disk.path).is_file():
-                raise ConfigError(f"--disk {disk.path}: no such file (create it, e.g. with truncate -s 1G or xvm images build)")
+                raise ConfigError(
+                    f"--disk {disk.path}: no such file (create it, e.g. with truncate -s 1G or xvm images build)"
+                )
             if disk.cache not in ("none", "writeback"):
                 raise ConfigError(f"--disk cache={disk.cache!r} is unknown: use cache=none or cache=writeback")
         for net in self.nets:

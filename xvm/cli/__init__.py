@@ -12,7 +12,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import List, Optional
+from typing import Optional
 
 from xvm.errors import XvmError
 

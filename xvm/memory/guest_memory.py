@@ -13,6 +13,7 @@ GuestMemoryError, and the caller decides what the guest sees.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -103,10 +104,9 @@ class GuestMemory:
         """Unmap every region and close its memfd."""
         for region in self.regions:
             region._anchor = None
-            try:
+            # A memoryview may still be alive somewhere; the mapping then dies with it.
+            with contextlib.suppress(BufferError):
                 region.mapping.close()
-            except BufferError:
-                pass  # a memoryview is still alive somewhere; the mapping dies with it
             if region.fd >= 0:
                 os.close(region.fd)
                 region.fd = -1

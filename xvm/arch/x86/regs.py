@@ -175,7 +175,9 @@ def format_register_dump(regs: Regs, sregs: SpecialRegs) -> str:
             f"{name.upper():>6}={seg.selector:04x} base={seg.base:016x} limit={seg.limit:08x} "
             f"type={seg.type_:x} s={seg.s} dpl={seg.dpl} p={int(seg.present)} db={seg.db} l={seg.l} g={seg.g}"
         )
-    lines.append(f"   GDT={sregs.gdt.base:016x}/{sregs.gdt.limit:04x}   IDT={sregs.idt.base:016x}/{sregs.idt.limit:04x}")
+    lines.append(
+        f"   GDT={sregs.gdt.base:016x}/{sregs.gdt.limit:04x}   IDT={sregs.idt.base:016x}/{sregs.idt.limit:04x}"
+    )
     lines.append(
         f"   CR0={sregs.cr0:08x} CR2={sregs.cr2:016x} CR3={sregs.cr3:016x} CR4={sregs.cr4:08x} "
         f"EFER={sregs.efer:x}"
