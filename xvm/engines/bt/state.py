@@ -13,12 +13,23 @@ the SREG encoding: 0=ES 1=CS 2=SS 3=DS 4=FS 5=GS.
 
 from __future__ import annotations
 
-from xvm.arch.x86.regs import RFLAGS_FIXED, DescriptorTable, Regs, Segment, SpecialRegs
+from xvm.arch.x86.regs import (
+    CR0_PE,
+    EFER_LMA,
+    RFLAGS_FIXED,
+    RFLAGS_VM,
+    DescriptorTable,
+    Regs,
+    Segment,
+    SpecialRegs,
+)
 
 RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
 ES, CS, SS, DS, FS, GS = range(6)
 SEGMENT_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")
 #: Encoding order -> Regs field name.
+#: Operating modes (SDM Vol. 3 2.2); `CpuState.mode` holds one of these.
+MODE_REAL, MODE_PROTECTED, MODE_V86, MODE_COMPAT, MODE_LONG = range(5)
 GPR_FIELDS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
               "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 
@@ -110,6 +121,37 @@ class CpuState:
         self.fpu = None
         self.xmm: list[int] = [0] * 16
         self.mxcsr = 0x1F80
+        #: Derived by refresh_mode(): one of MODE_*, default code/stack sizes in bits.
+        self.mode = MODE_REAL
+        self.code_bits = 16
+        self.stack_bits = 16
+
+    def refresh_mode(self) -> None:
+        """Recompute mode, code_bits and stack_bits.
+
+        Call after anything that changes CR0.PE, EFER.LMA, RFLAGS.VM, CS or SS
+        (MOV CR0, WRMSR EFER, far transfers, interrupts, IRET, POPF, MOV SS).
+        Real and virtual-8086 mode also fix the CPL (0 and 3).
+        """
+        cs = self.segs[CS]
+        if not self.cr0 & CR0_PE:
+            self.mode = MODE_REAL
+            self.code_bits = 32 if cs.flags & 4 else 16
+            self.cpl = 0
+        elif self.rflags & RFLAGS_VM:
+            self.mode = MODE_V86
+            self.code_bits = 16
+            self.cpl = 3
+        elif self.efer & EFER_LMA and cs.flags & 2:
+            self.mode = MODE_LONG
+            self.code_bits = 64
+        else:
+            self.mode = MODE_COMPAT if self.efer & EFER_LMA else MODE_PROTECTED
+            self.code_bits = 32 if cs.flags & 4 else 16
+        if self.mode == MODE_LONG:
+            self.stack_bits = 64
+        else:
+            self.stack_bits = 32 if self.segs[SS].flags & 4 else 16
 
     # --- edges: engine-neutral state ---------------------------------------
     def get_regs(self) -> Regs:
@@ -121,6 +163,7 @@ class CpuState:
             self.regs[i] = getattr(regs, name)
         self.rip = regs.rip
         self.rflags = regs.rflags | RFLAGS_FIXED
+        self.refresh_mode()
 
     def get_sregs(self) -> SpecialRegs:
         sregs = SpecialRegs(
@@ -142,4 +185,5 @@ class CpuState:
         self.idtr_base, self.idtr_limit = sregs.idt.base, sregs.idt.limit
         self.cr0, self.cr2, self.cr3, self.cr4, self.cr8 = sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4, sregs.cr8
         self.efer = sregs.efer
-        self.cpl = self.segs[CS].dpl if self.cr0 & 1 else 0
+        self.cpl = self.segs[CS].dpl if self.cr0 & CR0_PE else 0
+        self.refresh_mode()
