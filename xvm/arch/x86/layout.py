@@ -18,10 +18,11 @@ PAGE_SIZE = 0x1000
 # --- Low memory ------------------------------------------------------------
 #: Real-mode interrupt vector table and BIOS data area (kept zeroed).
 REAL_MODE_IVT_START = 0x0
-#: Boot GDT written for direct 32/64-bit entry.
+#: Boot GDT written for direct 32/64-bit entry: null, unused, __BOOT_CS 0x10, __BOOT_DS 0x18,
+#: and a 16-byte TSS descriptor at 0x20 (six 8-byte slots, ending at 0x530).
 BOOT_GDT_START = 0x500
 #: Boot IDT (empty; the kernel installs its own before enabling interrupts).
-BOOT_IDT_START = 0x520
+BOOT_IDT_START = 0x530
 #: Initial stack top for the boot vCPU.
 BOOT_STACK_POINTER = 0x8FF0
 #: Linux zero page (struct boot_params).
@@ -94,7 +95,12 @@ IRQ_KEYBOARD = 1
 IRQ_COM2 = 3
 IRQ_COM1 = 4
 IRQ_RTC = 8
+IRQ_MOUSE = 12
 #: First IRQ handed to virtio-mmio devices.
 VIRTIO_MMIO_IRQ_BASE = 5
 #: Number of IOAPIC pins (KVM's in-kernel IOAPIC has 24).
 IOAPIC_PINS = 24
+#: IOAPIC pin the PIT (ISA IRQ 0) arrives at, as the MP table and the MADT describe it. 0 keeps
+#: the 1:1 ISA routing above, which is KVM's default GSI routing (irq_comm.c default_routing);
+#: QEMU uses 2 (MADT override IRQ0->GSI2) and reroutes GSI 0 to pin 2 with KVM_SET_GSI_ROUTING.
+PIT_IOAPIC_PIN = 0
