@@ -1,0 +1,407 @@
+"""The kvm engine: xvm's Engine/VmBackend/Vcpu contract on top of Linux KVM.
+
+    engine = KvmEngine()
+    vm = engine.create_vm(memory, cpus=2)        # irqchip + PIT + RAM slots
+    vcpu = vm.create_vcpu(0)                      # CPUID, FPU, MSRs, LINT0/1 set
+    vcpu.set_regs(...); vcpu.set_sregs(...)
+    exit_ = vcpu.run()                            # IoOut, MmioRead, Shutdown, ...
+
+Setup follows Firecracker's vstate (vm.rs, vcpu.rs): in-kernel irqchip and
+PIT, TSS and identity-map pages just below 4 GiB, one memory slot per RAM
+region, and per-vCPU CPUID, boot MSRs, FPU control words and LAPIC LINT pins.
+
+On a PVM backend (kvm_pvm, no VT-x/AMD-V) KVM's instruction emulator fails on
+a few instructions a Linux kernel executes; run() steps over the ones a VMM can
+(INT3, FWAIT) when KVM reports the emulation failure, and only then, so real
+VT-x/AMD-V hosts take the standard path. CPUID masks what PVM cannot deliver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import struct
+import threading
+from typing import Optional
+
+from xvm.arch.x86 import cpuid as cpuid_table
+from xvm.arch.x86 import layout, msr
+from xvm.arch.x86.regs import GPR_NAMES, DescriptorTable, Regs, Segment, SpecialRegs
+from xvm.bus.irq import MsiMessage
+from xvm.engines.base import InternalError, Interrupted, VcpuExit, exit_name
+from xvm.engines.kvm import abi, host, ioctls
+from xvm.engines.kvm.system import Kvm
+from xvm.engines.kvm.vcpu import VcpuFd
+from xvm.engines.kvm.vm import VmFd
+from xvm.errors import GuestMemoryError, KvmError
+from xvm.memory import GuestMemory
+
+log = logging.getLogger(__name__)
+
+#: The signal that kicks a vCPU thread out of KVM_RUN (Firecracker uses SIGRTMIN too).
+KICK_SIGNAL = getattr(signal, "SIGRTMIN", signal.SIGUSR2)
+
+# Local APIC register offsets (SDM Vol. 3A 11.5.1) and LVT delivery modes.
+APIC_LVT0 = 0x350
+APIC_LVT1 = 0x360
+APIC_MODE_NMI = 0x4
+APIC_MODE_EXTINT = 0x7
+_APIC_DELIVERY_MODE_MASK = 0x700
+
+#: x87 control word after FNINIT, and MXCSR at reset (all exceptions masked).
+FPU_FCW = 0x37F
+FPU_MXCSR = 0x1F80
+
+# Instructions PVM's emulator cannot run and run() steps over.
+OPCODE_INT3 = 0xCC
+OPCODE_FWAIT = 0x9B
+VECTOR_BP = 3
+#: Longest x86 instruction; what an emulation-failure report shows.
+MAX_INSTRUCTION_LENGTH = 15
+
+_kick_handler_installed = False
+_kick_handler_lock = threading.Lock()
+
+
+def install_kick_handler() -> bool:
+    """Install the (no-op) KICK_SIGNAL handler; only possible on the main thread.
+
+    The handler's job is to exist: a thread in KVM_RUN that receives a handled
+    signal returns EINTR, while an unhandled real-time signal would kill the
+    process. Returns whether the handler is in place.
+    """
+    global _kick_handler_installed
+    with _kick_handler_lock:
+        if not _kick_handler_installed and threading.current_thread() is threading.main_thread():
+            signal.signal(KICK_SIGNAL, lambda signum, frame: None)
+            _kick_handler_installed = True
+        return _kick_handler_installed
+
+
+class KvmIrqLine:
+    """An IrqLine onto a GSI of the in-kernel PIC/IOAPIC (KVM_IRQ_LINE)."""
+
+    def __init__(self, vm: VmFd, gsi: int) -> None:
+        self._vm = vm
+        self.gsi = gsi
+
+    def set_level(self, high: bool) -> None:
+        self._vm.irq_line(self.gsi, high)
+
+
+class KvmMsiSink:
+    """An MsiSink delivering through KVM_SIGNAL_MSI."""
+
+    def __init__(self, vm: VmFd) -> None:
+        self._vm = vm
+
+    def signal_msi(self, message: MsiMessage) -> None:
+        self._vm.signal_msi(message.address, message.data)
+
+
+class KvmEngine:
+    """Hardware-assisted (or PVM) execution through /dev/kvm."""
+
+    name = "kvm"
+
+    def __init__(self, device: str = "/dev/kvm") -> None:
+        self.device = device
+
+    def create_vm(self, memory: GuestMemory, cpus: int) -> KvmVm:
+        return KvmVm(Kvm(self.device), memory, cpus)
+
+
+class KvmVm:
+    """One KVM VM: in-kernel irqchip and PIT, guest RAM registered, vCPUs on demand."""
+
+    has_irqchip = True
+
+    def __init__(self, kvm: Kvm, memory: GuestMemory, cpus: int) -> None:
+        self.kvm = kvm
+        self.memory = memory
+        self.cpus = cpus
+        self.vcpus: list = []
+        self.fd: Optional[VmFd] = None
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        kvm = self.kvm
+        missing = host.required_caps_missing(kvm)
+        if missing:
+            raise KvmError(host.missing_caps_message(missing))
+        max_vcpus = kvm.check_extension(ioctls.KVM_CAP_MAX_VCPUS) or kvm.check_extension(
+            ioctls.KVM_CAP_NR_VCPUS)
+        if not 1 <= self.cpus <= max(max_vcpus, 1):
+            raise KvmError(f"{self.cpus} vCPUs requested but this KVM allows 1 to {max_vcpus}: lower --cpus")
+        self.backend = host.detect_backend()
+        self.masked_features = cpuid_table.PVM_MASKED_FEATURES if self.backend == "pvm" else ()
+        self.supported_cpuid = [
+            cpuid_table.CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+            for e in kvm.get_supported_cpuid()
+        ]
+        self.fd = VmFd(kvm.create_vm(), kvm.vcpu_mmap_size())
+        # Order as in Firecracker's vm setup: TSS and identity map before any vCPU,
+        # irqchip before the PIT and before vCPUs (their LAPICs are created with them).
+        self.fd.set_tss_address(layout.KVM_TSS_ADDRESS)
+        if kvm.check_extension(ioctls.KVM_CAP_SET_IDENTITY_MAP_ADDR):
+            self.fd.set_identity_map_address(layout.KVM_IDENTITY_MAP_ADDRESS)
+        self.fd.create_irqchip()
+        self.fd.create_pit2()
+        self._register_memory(flags=0)
+
+    def _register_memory(self, flags: int) -> None:
+        for slot, region in enumerate(self.memory.regions):
+            # SAFETY: GuestMemory keeps each mapping open until memory.close(), which the
+            # machine calls only after this VM is closed.
+            self.fd.set_user_memory_region(slot, region.guest_base, region.size, region.host_address(), flags)
+
+    # --- VmBackend -------------------------------------------------------------
+    def create_vcpu(self, index: int) -> KvmVcpu:
+        if not 0 <= index < self.cpus:
+            raise KvmError(f"vCPU index {index} out of range for a {self.cpus}-vCPU VM")
+        vcpu = KvmVcpu(self, index, self.fd.create_vcpu(index))
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    def irq_line(self, irq: int) -> KvmIrqLine:
+        if not 0 <= irq < layout.IOAPIC_PINS:
+            raise KvmError(f"IRQ {irq} is not an IOAPIC pin (0-{layout.IOAPIC_PINS - 1})")
+        return KvmIrqLine(self.fd, irq)
+
+    def msi_sink(self) -> KvmMsiSink:
+        return KvmMsiSink(self.fd)
+
+    def close(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.close()
+        self.vcpus = []
+        if self.fd is not None:
+            self.fd.close()
+            self.fd = None
+        self.kvm.close()
+
+    # --- for virtio and snapshots ----------------------------------------------
+    def register_irqfd(self, eventfd: int, gsi: int, resamplefd: int = -1) -> None:
+        """Signal GSI `gsi` whenever `eventfd` is written (level-triggered with `resamplefd`)."""
+        self.fd.irqfd(eventfd, gsi, resamplefd)
+
+    def unregister_irqfd(self, eventfd: int, gsi: int) -> None:
+        self.fd.irqfd(eventfd, gsi, deassign=True)
+
+    def register_ioeventfd(
+        self, eventfd: int, address: int, length: int, pio: bool = False, datamatch: Optional[int] = None
+    ) -> None:
+        """Turn guest writes to `address` into `eventfd` signals (no vCPU exit)."""
+        self.fd.ioeventfd(eventfd, address, length, pio, datamatch)
+
+    def unregister_ioeventfd(
+        self, eventfd: int, address: int, length: int, pio: bool = False, datamatch: Optional[int] = None
+    ) -> None:
+        self.fd.ioeventfd(eventfd, address, length, pio, datamatch, deassign=True)
+
+    def enable_dirty_log(self, enabled: bool = True) -> None:
+        """Re-register every RAM slot with (or without) KVM_MEM_LOG_DIRTY_PAGES."""
+        self._register_memory(abi.KVM_MEM_LOG_DIRTY_PAGES if enabled else 0)
+
+    def dirty_pages(self) -> list:
+        """Guest-physical addresses of pages written since the last call (dirty log must be on)."""
+        pages = []
+        for slot, region in enumerate(self.memory.regions):
+            bitmap = self.fd.get_dirty_log(slot, region.size)
+            for byte_index, byte in enumerate(bitmap):
+                if byte:
+                    for bit in range(8):
+                        if byte >> bit & 1:
+                            pages.append(region.guest_base + (byte_index * 8 + bit) * layout.PAGE_SIZE)
+        return pages
+
+
+# --- register conversion ---------------------------------------------------------
+def segment_to_kvm(segment: Segment) -> abi.kvm_segment:
+    return abi.kvm_segment(
+        base=segment.base, limit=segment.limit, selector=segment.selector, type=segment.type_,
+        present=int(segment.present), dpl=segment.dpl, db=segment.db, s=segment.s, l=segment.l,
+        g=segment.g, avl=segment.avl, unusable=int(segment.unusable),
+    )
+
+
+def segment_from_kvm(kvm_segment: abi.kvm_segment) -> Segment:
+    return Segment(
+        base=kvm_segment.base, limit=kvm_segment.limit, selector=kvm_segment.selector,
+        type_=kvm_segment.type, present=bool(kvm_segment.present), dpl=kvm_segment.dpl,
+        db=kvm_segment.db, s=kvm_segment.s, l=kvm_segment.l, g=kvm_segment.g, avl=kvm_segment.avl,
+        unusable=bool(kvm_segment.unusable),
+    )
+
+
+_CONTROL_REGISTERS = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base")
+
+
+class KvmVcpu:
+    """One KVM vCPU configured for xvm, implementing the engines.base.Vcpu contract.
+
+    `stats` counts exits by kind ("IoOut", "MmioRead", ...) and the PVM
+    step-overs ("pvm_int3", "pvm_fwait"); bench and --stats print it.
+    """
+
+    def __init__(self, vm: KvmVm, index: int, fd: VcpuFd) -> None:
+        self.vm = vm
+        self.index = index
+        self.fd = fd
+        self.stats: dict = {}
+        self._thread: Optional[int] = None
+        install_kick_handler()
+        self._configure()
+
+    def _configure(self) -> None:
+        vm = self.vm
+        entries = cpuid_table.build_cpuid(vm.supported_cpuid, self.index, vm.cpus, vm.masked_features)
+        self.fd.set_cpuid2([
+            abi.kvm_cpuid_entry2(function=e.function, index=e.index, flags=e.flags,
+                                 eax=e.eax, ebx=e.ebx, ecx=e.ecx, edx=e.edx)
+            for e in entries
+        ])
+        fpu = abi.kvm_fpu(fcw=FPU_FCW, mxcsr=FPU_MXCSR)
+        self.fd.set_fpu(fpu)
+        self._set_boot_msrs()
+        self._set_lint()
+
+    def _set_boot_msrs(self) -> None:
+        values = msr.boot_msrs()
+        done = self.fd.set_msrs(values)
+        if done != len(values):
+            # KVM stops at the first MSR it rejects; name it instead of guessing later.
+            index = list(values)[done]
+            raise KvmError(f"KVM rejected MSR {index:#x} while setting up vCPU {self.index}: check `xvm doctor`")
+
+    def _set_lint(self) -> None:
+        """LINT0 = ExtINT (the PIC's INTR), LINT1 = NMI, as a PC's BIOS leaves them (Firecracker interrupts.rs)."""
+        lapic = self.fd.get_lapic()
+        regs = bytearray(lapic.regs)
+        for offset, mode in ((APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)):
+            value = struct.unpack_from("<I", regs, offset)[0]
+            struct.pack_into("<I", regs, offset, (value & ~_APIC_DELIVERY_MODE_MASK) | (mode << 8))
+        lapic.regs[:] = regs
+        self.fd.set_lapic(lapic)
+
+    # --- registers -----------------------------------------------------------
+    def get_regs(self) -> Regs:
+        kvm_regs = self.fd.get_regs()
+        return Regs(**{name: getattr(kvm_regs, name) for name in (*GPR_NAMES, "rip", "rflags")})
+
+    def set_regs(self, regs: Regs) -> None:
+        kvm_regs = abi.kvm_regs()
+        for name in (*GPR_NAMES, "rip", "rflags"):
+            setattr(kvm_regs, name, getattr(regs, name))
+        self.fd.set_regs(kvm_regs)
+
+    def get_sregs(self) -> SpecialRegs:
+        kvm_sregs = self.fd.get_sregs()
+        sregs = SpecialRegs()
+        for name in SpecialRegs.SEGMENT_NAMES:
+            setattr(sregs, name, segment_from_kvm(getattr(kvm_sregs, name)))
+        sregs.gdt = DescriptorTable(kvm_sregs.gdt.base, kvm_sregs.gdt.limit)
+        sregs.idt = DescriptorTable(kvm_sregs.idt.base, kvm_sregs.idt.limit)
+        for name in _CONTROL_REGISTERS:
+            setattr(sregs, name, getattr(kvm_sregs, name))
+        return sregs
+
+    def set_sregs(self, sregs: SpecialRegs) -> None:
+        # Start from KVM's copy so fields xvm does not model (the pending-interrupt
+        # bitmap) keep their values.
+        kvm_sregs = self.fd.get_sregs()
+        for name in SpecialRegs.SEGMENT_NAMES:
+            setattr(kvm_sregs, name, segment_to_kvm(getattr(sregs, name)))
+        kvm_sregs.gdt = abi.kvm_dtable(base=sregs.gdt.base, limit=sregs.gdt.limit)
+        kvm_sregs.idt = abi.kvm_dtable(base=sregs.idt.base, limit=sregs.idt.limit)
+        for name in _CONTROL_REGISTERS:
+            setattr(kvm_sregs, name, getattr(sregs, name))
+        self.fd.set_sregs(kvm_sregs)
+
+    # --- running -------------------------------------------------------------
+    def run(self) -> VcpuExit:
+        """Run until an exit the machine must see; PVM emulation gaps are stepped over here."""
+        self._thread = threading.get_ident()
+        stats = self.stats
+        while True:
+            exit_ = self.fd.run()
+            if type(exit_) is Interrupted:
+                # The kick has been delivered; the next run() enters the guest again.
+                self.fd.set_immediate_exit(False)
+            elif (type(exit_) is InternalError and exit_.suberror == abi.KVM_INTERNAL_ERROR_EMULATION):
+                workaround, exit_ = self._handle_emulation_failure(exit_)
+                if workaround:
+                    stats[workaround] = stats.get(workaround, 0) + 1
+                    continue
+            name = exit_name(exit_)
+            stats[name] = stats.get(name, 0) + 1
+            return exit_
+
+    def _handle_emulation_failure(self, failure: InternalError) -> tuple:
+        """Step over an instruction KVM's emulator gave up on, if the VMM can; else explain.
+
+        Returns (stats key, None) when the guest may simply be re-entered, or
+        ("", InternalError) naming the instruction bytes and RIP.
+        """
+        regs = self.fd.get_regs()
+        sregs = self.fd.get_sregs()
+        linear = (sregs.cs.base + regs.rip) & 0xFFFFFFFFFFFFFFFF
+        code = self._fetch_code(linear)
+        if code[:1] == bytes((OPCODE_INT3,)):
+            # INT3 is a trap: the #BP frame holds the address after it (SDM Vol. 3A 6.15).
+            regs.rip += 1
+            self.fd.set_regs(regs)
+            events = self.fd.get_vcpu_events()
+            events.exception.injected = 1
+            events.exception.nr = VECTOR_BP
+            events.exception.has_error_code = 0
+            events.flags = 0  # leave NMI, SIPI, shadow and SMM state untouched
+            self.fd.set_vcpu_events(events)
+            return "pvm_int3", None
+        if code[:1] == bytes((OPCODE_FWAIT,)):
+            # FWAIT only checks for pending x87 exceptions, which xvm's guests keep masked.
+            regs.rip += 1
+            self.fd.set_regs(regs)
+            return "pvm_fwait", None
+        shown = code.hex(" ") if code else "unreadable"
+        detail = f"KVM could not emulate the instruction at RIP={regs.rip:#x} (bytes {shown})"
+        if failure.detail:
+            detail += f"; {failure.detail}"
+        return "", InternalError(failure.suberror, detail)
+
+    def _fetch_code(self, linear: int) -> bytes:
+        """Up to MAX_INSTRUCTION_LENGTH bytes at a guest linear address ("" if not mapped RAM)."""
+        code = b""
+        while len(code) < MAX_INSTRUCTION_LENGTH:
+            address = linear + len(code)
+            translation = self.fd.translate(address)
+            if not translation.valid:
+                break
+            page_left = layout.PAGE_SIZE - (address & (layout.PAGE_SIZE - 1))
+            count = min(MAX_INSTRUCTION_LENGTH - len(code), page_left)
+            try:
+                code += self.vm.memory.read(translation.physical_address, count)
+            except GuestMemoryError:
+                break
+        return code
+
+    def kick(self) -> None:
+        """Make the current or next run() return Interrupted; callable from any thread."""
+        # immediate_exit first: if the thread is not in KVM_RUN yet, its next entry
+        # returns EINTR at once, so a kick is never lost.
+        if self.fd.fd < 0:
+            return
+        self.fd.set_immediate_exit(True)
+        thread = self._thread
+        if thread is not None and _kick_handler_installed:
+            # The vCPU thread may have exited; immediate_exit then covers a later run().
+            with contextlib.suppress(ProcessLookupError):
+                signal.pthread_kill(thread, KICK_SIGNAL)
+
+    def close(self) -> None:
+        self.fd.close()
