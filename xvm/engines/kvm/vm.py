@@ -8,6 +8,7 @@ engine.py.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 from xvm.engines.kvm import abi, ioctls
@@ -94,9 +95,19 @@ class VmFd:
         self._call(ioctls.KVM_IRQ_LINE, abi.kvm_irq_level(irq=irq, level=1 if level else 0))
 
     def signal_msi(self, address: int, data: int) -> int:
-        """KVM_SIGNAL_MSI: deliver one MSI; returns >0 delivered, 0 blocked by the guest."""
+        """KVM_SIGNAL_MSI: deliver one MSI; returns how many vCPUs took it (0: none did).
+
+        The guest programs MSI addresses, so one that names no vCPU is the guest's
+        business: KVM reports it as -1 (EPERM from kvm_irq_delivery_to_apic), and
+        it is counted as not delivered rather than raised.
+        """
         msi = abi.kvm_msi(address_lo=address & 0xFFFFFFFF, address_hi=address >> 32, data=data)
-        return self._call(ioctls.KVM_SIGNAL_MSI, msi)
+        try:
+            return kvm_ioctl(self.fd, ioctls.KVM_SIGNAL_MSI, msi)
+        except OSError as error:
+            if error.errno == errno.EPERM:
+                return 0
+            raise KvmError(f"{error.strerror}") from error
 
     def irqfd(self, eventfd: int, gsi: int, resamplefd: int = -1, deassign: bool = False) -> None:
         """KVM_IRQFD: writes to `eventfd` raise GSI `gsi` without a trip through userspace.
