@@ -1,0 +1,29 @@
+"""The test guests themselves, checked on the reference machine (QEMU TCG).
+
+If a guest fails here the guest is wrong, not xvm: every guest must print
+exactly its PASS lines and exit with its value under QEMU before it may judge
+an xvm engine.
+"""
+
+from __future__ import annotations
+
+import pytest
+from guests.build import GUESTS
+
+#: QEMU with -no-reboot exits 0 on a triple fault.
+QEMU_TRIPLE_FAULT_STATUS = 0
+
+
+@pytest.mark.parametrize("name", list(GUESTS))
+def test_guest_under_qemu(name: str, guests, qemu) -> None:
+    guest = GUESTS[name]
+    result = qemu(guests[name], guest.cmdline)
+    problems = guest.problems(result.returncode, result.stdout, QEMU_TRIPLE_FAULT_STATUS)
+    assert not problems, "\n".join(problems) + "\n" + result.describe()
+
+
+def test_failures_are_visible(guests, qemu) -> None:
+    """A guest whose check cannot hold must not pass: hello without its cmdline token fails."""
+    result = qemu(guests["hello"], "no-token-here")
+    assert "FAIL hello.cmdline got=00000000 want=00000001" in result.stdout, result.describe()
+    assert result.returncode == (1 << 1) | 1, result.describe()
