@@ -104,3 +104,7 @@ IOAPIC_PINS = 24
 #: the 1:1 ISA routing above, which is KVM's default GSI routing (irq_comm.c default_routing);
 #: QEMU uses 2 (MADT override IRQ0->GSI2) and reroutes GSI 0 to pin 2 with KVM_SET_GSI_ROUTING.
 PIT_IOAPIC_PIN = 0
+#: System control port B: PIT channel 2 gate and speaker (write), OUT2 and refresh toggle (read).
+PORT_SYSTEM_CONTROL_B = 0x61
+#: 8259 edge/level control registers (PIIX/ICH ELCR1 master, ELCR2 slave at +1).
+PORT_ELCR = 0x4D0
