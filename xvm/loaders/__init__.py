@@ -1,1 +1,170 @@
-"""loaders package."""
+"""Put a guest kernel into guest memory and say how the boot vCPU must start.
+
+`load_guest` is the one entry point the machine builder calls. It reads the
+kernel, recognises its format, and then, in order:
+
+1. parses and places the kernel and the initrd (bzimage.py, multiboot.py, elf.py);
+2. writes the firmware tables every kernel may look for: the MP table
+   (arch/x86/mptable.py, for kernels without ACPI) and the ACPI tables
+   (arch/x86/acpi.py, for kernels without MP-table parsing);
+3. writes the boot parameters: the command line and the zero page for Linux
+   (boot_params.py), or the multiboot information structure;
+4. writes the boot GDT (and page tables for 64-bit entry) and returns the BSP
+   registers. Application processors start from INIT/SIPI through the LAPIC.
+
+Formats (the same ones QEMU's `-kernel` takes for these kinds):
+  * Linux bzImage, boot protocol 2.12+ with the 64-bit entry point;
+  * multiboot v1: ELF32 or a.out-kludge images, entered in 32-bit protected mode.
+
+    guest = load_guest(memory, config.boot, config.cpus)
+    vcpu.set_regs(guest.regs); vcpu.set_sregs(guest.sregs)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from xvm.arch.x86 import layout
+from xvm.arch.x86.acpi import write_acpi_tables
+from xvm.arch.x86.boot_cpu import linux_64bit_state, protected_32bit_state, setup_long_mode, setup_protected_mode
+from xvm.arch.x86.e820 import E820Entry, build_e820_map
+from xvm.arch.x86.mptable import write_mptable
+from xvm.arch.x86.regs import Regs, SpecialRegs
+from xvm.config import BootConfig
+from xvm.errors import LoaderError
+from xvm.loaders.boot_params import build_zero_page
+from xvm.loaders.bzimage import is_bzimage, load_bzimage, parse_bzimage, place_initrd
+from xvm.loaders.elf import is_elf
+from xvm.loaders.multiboot import (
+    MULTIBOOT_BOOTLOADER_MAGIC,
+    MultibootHeader,
+    build_multiboot_info,
+    find_multiboot_header,
+    load_multiboot_kernel,
+    place_modules,
+)
+from xvm.memory.guest_memory import GuestMemory
+
+__all__ = ["LoadedGuest", "load_guest"]
+
+_FORMATS = (
+    "xvm boots a Linux bzImage (boot protocol 2.12+, 64-bit) or a multiboot v1 kernel (ELF32 or a.out kludge); "
+    "run `xvm images build` for the default guest"
+)
+
+
+@dataclass
+class LoadedGuest:
+    """What the loader did: the BSP start state and where kernel and initrd ended up."""
+
+    kind: str  # "linux" or "multiboot"
+    regs: Regs
+    sregs: SpecialRegs
+    kernel_range: tuple[int, int]  # guest-physical [start, end) of the kernel, including what it reserves
+    initrd_range: Optional[tuple[int, int]]
+    description: str  # e.g. "Linux bzImage, boot protocol 2.15, 64-bit entry"
+
+
+def load_guest(memory: GuestMemory, boot: BootConfig, cpus: int) -> LoadedGuest:
+    """Load `boot.kernel` (and `boot.initrd`) for a machine with `cpus` CPUs; return the BSP state."""
+    if boot.kernel is None:
+        raise LoaderError("no kernel to boot: pass --kernel PATH, or run `xvm images build` for the default guest")
+    kernel_path = Path(boot.kernel)
+    if not kernel_path.is_file():
+        raise LoaderError(
+            f"kernel {kernel_path}: no such file (check --kernel, or run `xvm images build` for the default guest)"
+        )
+    initrd: Optional[bytes] = None
+    if boot.initrd is not None:
+        if not Path(boot.initrd).is_file():
+            raise LoaderError(f"initrd {boot.initrd}: no such file (check --initrd, or omit it)")
+        initrd = Path(boot.initrd).read_bytes()
+    data = kernel_path.read_bytes()
+    e820 = build_e820_map(memory)
+
+    if is_bzimage(data):
+        return _load_linux(memory, data, boot, initrd, e820, cpus)
+    header = find_multiboot_header(data)
+    if header is None:
+        what = "an ELF file without a multiboot header (a vmlinux?)" if is_elf(data) else "not a kernel xvm knows"
+        raise LoaderError(f"{kernel_path} is {what}: {_FORMATS}")
+    return _load_multiboot(memory, data, header, boot, initrd, e820, cpus)
+
+
+def _write_firmware_tables(memory: GuestMemory, cpus: int) -> int:
+    """MP table and ACPI tables for `cpus` CPUs; returns the RSDP address."""
+    write_mptable(memory, cpus)
+    return write_acpi_tables(memory, cpus)
+
+
+def _load_linux(
+    memory: GuestMemory,
+    data: bytes,
+    boot: BootConfig,
+    initrd: Optional[bytes],
+    e820: list[E820Entry],
+    cpus: int,
+) -> LoadedGuest:
+    name = str(boot.kernel)
+    image = parse_bzimage(data, name)
+    cmdline = boot.cmdline.encode()
+    limit = min(image.cmdline_size, layout.CMDLINE_MAX_SIZE - 1)
+    if len(cmdline) > limit:
+        raise LoaderError(
+            f"the kernel command line is {len(cmdline)} bytes; {name} accepts at most {limit}: shorten --append"
+        )
+    kernel = load_bzimage(memory, image)
+    initrd_range = None
+    if initrd is not None:
+        addr = place_initrd(memory, initrd, str(boot.initrd), image, kernel.end)
+        initrd_range = (addr, addr + len(initrd))
+    rsdp = _write_firmware_tables(memory, cpus)
+    memory.write(layout.CMDLINE_START, cmdline + b"\0")
+    zero_page = build_zero_page(
+        image.setup_header,
+        cmdline_addr=layout.CMDLINE_START,
+        e820=e820,
+        initrd=None if initrd_range is None else (initrd_range[0], len(initrd)),
+        rsdp_addr=rsdp,
+    )
+    memory.write(layout.ZERO_PAGE_START, zero_page)
+    setup_long_mode(memory)
+    regs, sregs = linux_64bit_state(kernel.entry, layout.ZERO_PAGE_START)
+    return LoadedGuest(
+        kind="linux",
+        regs=regs,
+        sregs=sregs,
+        kernel_range=(kernel.load_addr, kernel.end),
+        initrd_range=initrd_range,
+        description=f"Linux bzImage, boot protocol {image.version_text}, 64-bit entry",
+    )
+
+
+def _load_multiboot(
+    memory: GuestMemory,
+    data: bytes,
+    header: MultibootHeader,
+    boot: BootConfig,
+    initrd: Optional[bytes],
+    e820: list[E820Entry],
+    cpus: int,
+) -> LoadedGuest:
+    name = str(boot.kernel)
+    kernel = load_multiboot_kernel(memory, data, header, name)
+    modules = place_modules(memory, [(str(boot.initrd), initrd)] if initrd is not None else [], kernel.end)
+    _write_firmware_tables(memory, cpus)
+    # QEMU's hw/i386/multiboot.c passes "<kernel path> <append>", like a GRUB "kernel" line.
+    cmdline = " ".join(part for part in (name, boot.cmdline) if part)
+    memory.write(layout.MULTIBOOT_INFO_START, build_multiboot_info(layout.MULTIBOOT_INFO_START, cmdline, modules, e820))
+    setup_protected_mode(memory)
+    regs, sregs = protected_32bit_state(kernel.entry, MULTIBOOT_BOOTLOADER_MAGIC, layout.MULTIBOOT_INFO_START)
+    return LoadedGuest(
+        kind="multiboot",
+        regs=regs,
+        sregs=sregs,
+        kernel_range=(kernel.start, kernel.end),
+        initrd_range=(modules[0].start, modules[0].end) if modules else None,
+        description=f"multiboot {kernel.format} kernel, entry {kernel.entry:#x}",
+    )
