@@ -85,6 +85,8 @@ class FeatureBit:
     bit: int
     linux_word: int  # arch/x86/include/asm/cpufeatures.h word holding this register
     reason: str = ""
+    #: Linux clears it by itself once XSAVE is off (arch/x86/kernel/cpu/cpuid-deps.c).
+    xsave_dependent: bool = False
 
     @property
     def linux_number(self) -> int:
@@ -92,12 +94,13 @@ class FeatureBit:
         return self.linux_word * 32 + self.bit
 
 
-def _feature(name: str, leaf: int, subleaf: int, register: str, bit: int, word: int, reason: str) -> FeatureBit:
-    return FeatureBit(name, leaf, subleaf, register, bit, word, reason)
-
-
 _NO_XSAVE = "XSAVE state handling (XRSTOR) fails in the PVM instruction emulator"
 _NEEDS_XSAVE = "needs XSAVE-managed state, which is masked"
+
+
+def _feature(name: str, leaf: int, subleaf: int, register: str, bit: int, word: int, reason: str) -> FeatureBit:
+    dependent = reason == _NEEDS_XSAVE or (reason == _NO_XSAVE and name != "xsave")
+    return FeatureBit(name, leaf, subleaf, register, bit, word, reason, dependent)
 
 #: What a PVM backend (kvm_pvm: shadow paging and instruction emulation, no
 #: VT-x/AMD-V) cannot deliver to a guest kernel. See docs GUEST.md: its emulator
@@ -110,6 +113,7 @@ PVM_MASKED_FEATURES = (
     _feature("f16c", 0x1, 0, "ecx", 29, 4, _NEEDS_XSAVE),
     _feature("cx16", 0x1, 0, "ecx", 13, 4, "CMPXCHG16B fails in the PVM instruction emulator"),
     _feature("pcid", 0x1, 0, "ecx", 17, 4, "PCID is not virtualized by PVM's shadow paging"),
+    _feature("fsgsbase", 0x7, 0, "ebx", 0, 9, "not offered by KVM on PVM, yet kernel-mode CPUID shows the host's"),
     _feature("avx2", 0x7, 0, "ebx", 5, 9, _NEEDS_XSAVE),
     _feature("invpcid", 0x7, 0, "ebx", 10, 9, "PCID is not virtualized by PVM's shadow paging"),
     _feature("smap", 0x7, 0, "ebx", 20, 9, "CLAC/STAC fail in the PVM instruction emulator"),
@@ -139,13 +143,17 @@ def linux_clearcpuid(features: Iterable[FeatureBit]) -> str:
 
     Needed where the backend does not apply the CPUID table to every CPUID the
     guest kernel executes (PVM: kernel-mode CPUID still shows some host bits).
+    `noxsave` covers XSAVE and everything Linux derives from it; the rest go to
+    `clearcpuid=` as X86_FEATURE numbers (6.1 accepts names only with
+    CONFIG_X86_FEATURE_NAMES, and parses at most 128 characters).
     """
-    numbers = sorted({feature.linux_number for feature in features})
-    if not numbers:
-        return ""
-    words = ["clearcpuid=" + ",".join(str(n) for n in numbers)]
+    features = tuple(features)
+    words = []
     if any(feature.name == "xsave" for feature in features):
-        words.insert(0, "noxsave")
+        words.append("noxsave")
+    numbers = sorted({f.linux_number for f in features if f.name != "xsave" and not f.xsave_dependent})
+    if numbers:
+        words.append("clearcpuid=" + ",".join(str(n) for n in numbers))
     return " ".join(words)
 
 

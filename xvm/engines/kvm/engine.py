@@ -185,6 +185,14 @@ class KvmVm:
             self.fd = None
         self.kvm.close()
 
+    def linux_cmdline_hints(self) -> str:
+        """Words to append to a Linux guest's command line on this backend ("" on VT-x/AMD-V).
+
+        PVM does not apply KVM_SET_CPUID2 to CPUID executed in guest kernel mode, so the
+        masked features must also be switched off from inside ("noxsave clearcpuid=...").
+        """
+        return cpuid_table.linux_clearcpuid(self.masked_features)
+
     # --- for virtio and snapshots ----------------------------------------------
     def register_irqfd(self, eventfd: int, gsi: int, resamplefd: int = -1) -> None:
         """Signal GSI `gsi` whenever `eventfd` is written (level-triggered with `resamplefd`)."""

@@ -91,10 +91,14 @@ def test_no_mask_keeps_features() -> None:
 
 
 def test_linux_clearcpuid() -> None:
-    xsave = [f for f in cpuid.PVM_MASKED_FEATURES if f.name in ("xsave", "smap")]
-    assert xsave[0].linux_number == 154  # X86_FEATURE_XSAVE (4*32+26)
-    assert cpuid.linux_clearcpuid(xsave) == "noxsave clearcpuid=154,308"
+    chosen = [f for f in cpuid.PVM_MASKED_FEATURES if f.name in ("xsave", "avx", "smap")]
+    assert chosen[0].linux_number == 154  # X86_FEATURE_XSAVE (4*32+26)
+    # AVX goes with noxsave; SMAP (9*32+20) needs its number.
+    assert cpuid.linux_clearcpuid(chosen) == "noxsave clearcpuid=308"
     assert cpuid.linux_clearcpuid([]) == ""
+    full = cpuid.linux_clearcpuid(cpuid.PVM_MASKED_FEATURES)
+    assert full == "noxsave clearcpuid=141,145,288,298,308"  # cx16 pcid fsgsbase invpcid smap
+    assert len(full) < 128
 
 
 def test_vendor_and_index_check() -> None:

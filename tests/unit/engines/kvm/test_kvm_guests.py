@@ -203,3 +203,11 @@ def test_pvm_fwait_step_over(machine) -> None:
     assert vcpu.run() == IoOut(0xF4, 1, 1, b"\x07")
     if machine[1].backend != "pvm":
         assert "pvm_fwait" not in vcpu.stats
+
+
+def test_linux_cmdline_hints_follow_the_backend(machine) -> None:
+    hints = machine[1].linux_cmdline_hints()
+    if machine[1].backend == "pvm":
+        assert hints.startswith("noxsave clearcpuid=")
+    else:
+        assert hints == ""
