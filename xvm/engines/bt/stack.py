@@ -34,15 +34,7 @@ def check_limit(seg: SegmentCache, offset: int, size: int, big: bool) -> bool:
 
 def stack_linear(cpu: CpuState, offset: int, size: int) -> int:
     """Linear address of SS:offset for a `size`-byte stack access; #SS(0) if out of bounds."""
-    if cpu.stack_bits == 64:
-        top = offset >> 47
-        if top and top != 0x1FFFF:
-            raise stack_fault(0)
-        return offset
-    ss = cpu.segs[SS]
-    if not check_limit(ss, offset, size, bool(ss.flags & 4)):
-        raise stack_fault(0)
-    return (ss.base + offset) & 0xFFFFFFFF
+    return _frame_linear(cpu.segs[SS], cpu.stack_bits, offset, size, 0)
 
 
 def push(cpu: CpuState, mmu: Mmu, value: int, size: int) -> None:
@@ -62,3 +54,43 @@ def pop(cpu: CpuState, mmu: Mmu, size: int) -> int:
     value = mmu.read(stack_linear(cpu, offset, size), size, cpu.cpl == 3)
     cpu.regs[RSP] = (rsp & ~mask) | ((offset + size) & mask)
     return value
+
+
+def push_frame(cpu: CpuState, mmu: Mmu, ss: SegmentCache, bits: int, rsp: int, values: tuple, size: int,
+               user: bool, fault_code: int) -> int:
+    """Push `values` (first pushed first) on a stack that need not be the current one.
+
+    Used by interrupt delivery and far CALL through gates, which build their
+    frame on the new SS before committing any register; returns the new
+    stack offset. Limit or canonical violations raise #SS(fault_code).
+    """
+    mask = _WIDTH_MASK[bits]
+    for value in values:
+        rsp = (rsp - size) & mask
+        mmu.write(_frame_linear(ss, bits, rsp, size, fault_code), size, value, user)
+    return rsp
+
+
+def read_frame(cpu: CpuState, mmu: Mmu, skip: int, count: int, size: int) -> list:
+    """Read `count` stack slots of `size` bytes at SS:RSP+skip without popping (RET/IRET)."""
+    mask = _WIDTH_MASK[cpu.stack_bits]
+    ss = cpu.segs[SS]
+    user = cpu.cpl == 3
+    offset = cpu.regs[RSP] + skip
+    values = []
+    for _ in range(count):
+        offset &= mask
+        values.append(mmu.read(_frame_linear(ss, cpu.stack_bits, offset, size, 0), size, user))
+        offset += size
+    return values
+
+
+def _frame_linear(ss: SegmentCache, bits: int, offset: int, size: int, fault_code: int) -> int:
+    if bits == 64:
+        top = offset >> 47
+        if top and top != 0x1FFFF:
+            raise stack_fault(fault_code)
+        return offset
+    if not check_limit(ss, offset, size, bool(ss.flags & 4)):
+        raise stack_fault(fault_code)
+    return (ss.base + offset) & 0xFFFFFFFF
