@@ -11,8 +11,8 @@ PIT, TSS and identity-map pages just below 4 GiB, one memory slot per RAM
 region, and per-vCPU CPUID, boot MSRs, FPU control words and LAPIC LINT pins.
 
 On a PVM backend (kvm_pvm, no VT-x/AMD-V) KVM's instruction emulator fails on
-a few instructions a Linux kernel executes; run() steps over the ones a VMM can
-(INT3, FWAIT) when KVM reports the emulation failure, and only then, so real
+a few instructions a guest kernel executes; run() steps over the ones a VMM can
+(INT3, FWAIT, a same-segment 32-bit IRET) when KVM reports the emulation failure, and only then, so real
 VT-x/AMD-V hosts take the standard path. CPUID masks what PVM cannot deliver.
 """
 
@@ -27,7 +27,32 @@ from typing import Optional
 
 from xvm.arch.x86 import cpuid as cpuid_table
 from xvm.arch.x86 import layout, msr
-from xvm.arch.x86.regs import GPR_NAMES, DescriptorTable, Regs, Segment, SpecialRegs
+from xvm.arch.x86.regs import (
+    CR0_PE,
+    GPR_NAMES,
+    RFLAGS_AC,
+    RFLAGS_AF,
+    RFLAGS_CF,
+    RFLAGS_DF,
+    RFLAGS_FIXED,
+    RFLAGS_ID,
+    RFLAGS_IF,
+    RFLAGS_IOPL,
+    RFLAGS_NT,
+    RFLAGS_OF,
+    RFLAGS_PF,
+    RFLAGS_RF,
+    RFLAGS_SF,
+    RFLAGS_TF,
+    RFLAGS_VIF,
+    RFLAGS_VIP,
+    RFLAGS_VM,
+    RFLAGS_ZF,
+    DescriptorTable,
+    Regs,
+    Segment,
+    SpecialRegs,
+)
 from xvm.bus.irq import MsiMessage
 from xvm.engines.base import InternalError, Interrupted, VcpuExit, exit_name
 from xvm.engines.kvm import abi, host, ioctls
@@ -56,6 +81,12 @@ FPU_MXCSR = 0x1F80
 # Instructions PVM's emulator cannot run and run() steps over.
 OPCODE_INT3 = 0xCC
 OPCODE_FWAIT = 0x9B
+OPCODE_IRET = 0xCF
+#: RFLAGS bits a 32-bit IRET loads from the stack at CPL 0 (SDM Vol. 2A, IRET operation).
+_IRET_FLAGS = (
+    RFLAGS_CF | RFLAGS_PF | RFLAGS_AF | RFLAGS_ZF | RFLAGS_SF | RFLAGS_TF | RFLAGS_IF | RFLAGS_DF | RFLAGS_OF
+    | RFLAGS_IOPL | RFLAGS_NT | RFLAGS_RF | RFLAGS_AC | RFLAGS_VIF | RFLAGS_VIP | RFLAGS_ID
+)
 VECTOR_BP = 3
 #: Longest x86 instruction; what an emulation-failure report shows.
 MAX_INSTRUCTION_LENGTH = 15
@@ -254,7 +285,7 @@ class KvmVcpu:
     """One KVM vCPU configured for xvm, implementing the engines.base.Vcpu contract.
 
     `stats` counts exits by kind ("IoOut", "MmioRead", ...) and the PVM
-    step-overs ("pvm_int3", "pvm_fwait"); bench and --stats print it.
+    step-overs ("pvm_int3", "pvm_fwait", "pvm_iret32"); bench and --stats print it.
     """
 
     def __init__(self, vm: KvmVm, index: int, fd: VcpuFd) -> None:
@@ -359,7 +390,7 @@ class KvmVcpu:
         regs = self.fd.get_regs()
         sregs = self.fd.get_sregs()
         linear = (sregs.cs.base + regs.rip) & 0xFFFFFFFFFFFFFFFF
-        code = self._fetch_code(linear)
+        code = self._read_linear(linear, MAX_INSTRUCTION_LENGTH)
         if code[:1] == bytes((OPCODE_INT3,)):
             # INT3 is a trap: the #BP frame holds the address after it (SDM Vol. 3A 6.15).
             regs.rip += 1
@@ -376,27 +407,66 @@ class KvmVcpu:
             regs.rip += 1
             self.fd.set_regs(regs)
             return "pvm_fwait", None
+        if code[:1] == bytes((OPCODE_IRET,)) and self._iret32(regs, sregs):
+            return "pvm_iret32", None
         shown = code.hex(" ") if code else "unreadable"
         detail = f"KVM could not emulate the instruction at RIP={regs.rip:#x} (bytes {shown})"
         if failure.detail:
             detail += f"; {failure.detail}"
         return "", InternalError(failure.suberror, detail)
 
-    def _fetch_code(self, linear: int) -> bytes:
-        """Up to MAX_INSTRUCTION_LENGTH bytes at a guest linear address ("" if not mapped RAM)."""
-        code = b""
-        while len(code) < MAX_INSTRUCTION_LENGTH:
-            address = linear + len(code)
+    def _iret32(self, regs: abi.kvm_regs, sregs: abi.kvm_sregs) -> bool:
+        """Perform a 32-bit protected-mode IRET to the same code segment, as SDM Vol. 2A IRET does.
+
+        PVM's emulator fails on IRETD (IRETQ works). Only the simple case is
+        handled: 32-bit code and stack, no task return (NT), no return to
+        virtual-8086 mode, CS unchanged (so no privilege change and no
+        descriptor load). Anything else is left to the InternalError report.
+        """
+        if not (sregs.cr0 & CR0_PE) or sregs.cs.l or not sregs.cs.db or not sregs.ss.db:
+            return False
+        if regs.rflags & (RFLAGS_NT | RFLAGS_VM):
+            return False
+        esp = regs.rsp & 0xFFFFFFFF
+        frame = self._read_linear((sregs.ss.base + esp) & 0xFFFFFFFF, 12)
+        if len(frame) < 12:
+            return False
+        eip, cs, eflags = struct.unpack("<III", frame)
+        if (cs & 0xFFFF) != sregs.cs.selector or eflags & RFLAGS_VM:
+            return False
+        cpl = sregs.ss.dpl
+        iopl = (regs.rflags & RFLAGS_IOPL) >> 12
+        changeable = _IRET_FLAGS
+        if cpl > 0:
+            changeable &= ~(RFLAGS_IOPL | RFLAGS_VIF | RFLAGS_VIP)
+        if cpl > iopl:
+            changeable &= ~RFLAGS_IF
+        regs.rflags = (regs.rflags & ~changeable) | (eflags & changeable) | RFLAGS_FIXED
+        regs.rip = eip
+        regs.rsp = (regs.rsp & ~0xFFFFFFFF) | ((esp + 12) & 0xFFFFFFFF)
+        self.fd.set_regs(regs)
+        # IRET ends NMI blocking (SDM Vol. 3A 6.7.1); set_vcpu_events always applies nmi.masked.
+        events = self.fd.get_vcpu_events()
+        events.nmi.masked = 0
+        events.flags = 0
+        self.fd.set_vcpu_events(events)
+        return True
+
+    def _read_linear(self, linear: int, length: int) -> bytes:
+        """Up to `length` bytes at a guest linear address, stopping where it is not mapped RAM."""
+        data = b""
+        while len(data) < length:
+            address = linear + len(data)
             translation = self.fd.translate(address)
             if not translation.valid:
                 break
             page_left = layout.PAGE_SIZE - (address & (layout.PAGE_SIZE - 1))
-            count = min(MAX_INSTRUCTION_LENGTH - len(code), page_left)
+            count = min(length - len(data), page_left)
             try:
-                code += self.vm.memory.read(translation.physical_address, count)
+                data += self.vm.memory.read(translation.physical_address, count)
             except GuestMemoryError:
                 break
-        return code
+        return data
 
     def kick(self) -> None:
         """Make the current or next run() return Interrupted; callable from any thread."""

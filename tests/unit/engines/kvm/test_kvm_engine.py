@@ -7,6 +7,7 @@ becomes an InternalError naming the bytes and RIP.
 
 from __future__ import annotations
 
+import struct
 from types import SimpleNamespace
 
 from xvm.arch.x86.regs import Segment
@@ -117,3 +118,33 @@ def test_segment_conversion_round_trip() -> None:
     segment = Segment(base=0xFFFF0000, limit=0xFFFFF, selector=0x10, type_=0xB, present=True, dpl=3,
                       db=0, s=1, l=1, g=1, avl=1, unusable=False)
     assert segment_from_kvm(segment_to_kvm(segment)) == segment
+
+
+def _protected(vcpu, cs_selector: int = 0x08) -> None:
+    sregs = vcpu.fd.sregs
+    sregs.cr0 = 1
+    sregs.cs.selector, sregs.cs.db = cs_selector, 1
+    sregs.ss.db = 1
+
+
+def test_iret32_same_segment_is_performed() -> None:
+    out = IoOut(0xF4, 1, 1, b"\x00")
+    vcpu = _vcpu(b"\xcf", [InternalError(EMULATION), out])
+    _protected(vcpu)
+    vcpu.fd.regs.rsp = 0x2000
+    vcpu.fd.events.nmi.masked = 1
+    vcpu.vm.memory.write(0x2000, struct.pack("<III", 0x3456, 0x08, 0x246))
+    assert vcpu.run() is out
+    assert (vcpu.fd.regs.rip, vcpu.fd.regs.rsp, vcpu.fd.regs.rflags) == (0x3456, 0x200C, 0x246)
+    assert vcpu.fd.events.nmi.masked == 0
+    assert vcpu.stats["pvm_iret32"] == 1
+
+
+def test_iret32_to_another_segment_is_reported() -> None:
+    vcpu = _vcpu(b"\xcf", [InternalError(EMULATION)])
+    _protected(vcpu)
+    vcpu.fd.regs.rsp = 0x2000
+    vcpu.vm.memory.write(0x2000, struct.pack("<III", 0x3456, 0x1B, 0x246))  # ring 3 code: privilege change
+    exit_ = vcpu.run()
+    assert isinstance(exit_, InternalError) and "bytes cf" in exit_.detail
+    assert vcpu.fd.regs.rip == 0x1000

@@ -9,13 +9,14 @@ Skipped only when /dev/kvm does not exist.
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import time
 
 import pytest
 
 from xvm.arch.x86 import layout
-from xvm.arch.x86.regs import Regs, Segment
+from xvm.arch.x86.regs import CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, DescriptorTable, Regs, Segment
 from xvm.engines.base import Hlt, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, Shutdown
 from xvm.engines.kvm.engine import KvmEngine, install_kick_handler
 from xvm.engines.kvm.system import Kvm
@@ -211,3 +212,51 @@ def test_linux_cmdline_hints_follow_the_backend(machine) -> None:
         assert hints.startswith("noxsave clearcpuid=")
     else:
         assert hints == ""
+
+
+GDT, IDT, HANDLER = 0x500, 0x600, 0x2000
+PML4 = 0x9000
+
+
+def _protected_mode(machine, code: bytes, handler: bytes, long_mode: bool):
+    """Flat ring-0 protected (or long) mode with an IDT whose vector 3 points at `handler`."""
+    memory, vm = machine
+    code_descriptor = 0x00AF9A000000FFFF if long_mode else 0x00CF9A000000FFFF
+    memory.write(GDT, struct.pack("<QQQ", 0, code_descriptor, 0x00CF92000000FFFF))
+    if long_mode:
+        memory.write(IDT + 3 * 16, struct.pack("<HHBBHII", HANDLER, 0x08, 0, 0x8E, 0, 0, 0))
+        # Identity-map the first 2 MiB with one large page.
+        memory.write_u64(PML4, (PML4 + 0x1000) | 3)
+        memory.write_u64(PML4 + 0x1000, (PML4 + 0x2000) | 3)
+        memory.write_u64(PML4 + 0x2000, 0x83)
+    else:
+        memory.write(IDT + 3 * 8, struct.pack("<HHBBH", HANDLER, 0x08, 0, 0x8E, 0))
+    memory.write(CODE, code)
+    memory.write(HANDLER, handler)
+    vcpu = vm.create_vcpu(0)
+    sregs = vcpu.get_sregs()
+    sregs.cs = Segment(base=0, limit=0xFFFFFFFF, selector=0x08, type_=0xB, db=0 if long_mode else 1,
+                       l=1 if long_mode else 0, g=1)
+    for name in ("ds", "es", "ss", "fs", "gs"):
+        setattr(sregs, name, Segment(base=0, limit=0xFFFFFFFF, selector=0x10, type_=0x3, db=1, g=1))
+    sregs.gdt = DescriptorTable(GDT, 3 * 8 - 1)
+    sregs.idt = DescriptorTable(IDT, 0xFFF)
+    sregs.cr0 |= CR0_PE
+    if long_mode:
+        sregs.cr0 |= CR0_PG
+        sregs.cr3, sregs.cr4, sregs.efer = PML4, CR4_PAE, EFER_LME | EFER_LMA
+    vcpu.set_sregs(sregs)
+    vcpu.set_regs(Regs(rip=CODE, rsp=0x8000))
+    return vcpu
+
+
+@pytest.mark.parametrize("long_mode", [False, True], ids=["protected", "long"])
+def test_int3_reaches_the_guest_handler_and_returns(machine, long_mode: bool) -> None:
+    # int3; mov al, 7; out 0xf4, al -- handler: mov eax, [esp]; out 0xf4, al; iret
+    code = bytes((0xCC, 0xB0, 0x07)) + OUT_F4
+    iret = bytes((0x48, 0xCF)) if long_mode else bytes((0xCF,))
+    vcpu = _protected_mode(machine, code, bytes((0x8B, 0x04, 0x24)) + OUT_F4 + iret, long_mode)
+    assert vcpu.run() == IoOut(0xF4, 1, 1, bytes(((CODE + 1) & 0xFF,)))  # #BP frame: address after INT3
+    assert vcpu.run() == IoOut(0xF4, 1, 1, b"\x07")
+    if machine[1].backend != "pvm":
+        assert not [key for key in vcpu.stats if key.startswith("pvm_")]
