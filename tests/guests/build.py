@@ -27,7 +27,7 @@ from typing import Optional
 SOURCE_DIR = Path(__file__).resolve().parent
 BUILD_DIR = SOURCE_DIR / "build"
 LINKER_SCRIPT = SOURCE_DIR / "link.ld"
-SHARED_SOURCES = (SOURCE_DIR / "lib.inc", LINKER_SCRIPT)
+SHARED_SOURCES = (SOURCE_DIR / "lib.inc", SOURCE_DIR / "lib64.inc", LINKER_SCRIPT)
 
 
 class GuestBuildError(RuntimeError):
@@ -102,10 +102,15 @@ GUESTS: dict[str, Guest] = {
             "entered efer_lma mul64_low mul64_high imul64_imm rip_relative r8_r15_shift zero_extend32 push_pop",
         ),
         _guest(
+            "paging64",
+            "ad_clear alias_read accessed_after_read dirty_after_write alias_write pf_read_taken pf_read_error"
+            " pf_read_cr2 pf_read_rip pf_write_error pf_wp_error wp_write_blocked pf_nx_error pf_nx_rip invlpg"
+            " cr3_switch cr3_switch_back page_faults_taken",
+        ),
+        _guest(
             "exceptions",
             "de_vector de_eip ud_vector ud_eip ud_cs bp_vector bp_eip gp_ds_unchanged gp_vector gp_error gp_eip"
-            " gp_null_ss_error gp_null_ss_eip pf_vector pf_error pf_cr2 pf_eip iret_restores_flags iret_cf"
-            " iret_esp no_pending_resume",
+            " gp_null_ss_error gp_null_ss_eip iret_restores_flags iret_cf iret_esp no_pending_resume",
         ),
         _guest(
             "privilege",
