@@ -260,3 +260,28 @@ def test_int3_reaches_the_guest_handler_and_returns(machine, long_mode: bool) ->
     assert vcpu.run() == IoOut(0xF4, 1, 1, b"\x07")
     if machine[1].backend != "pvm":
         assert not [key for key in vcpu.stats if key.startswith("pvm_")]
+
+
+def test_vcpu_threads_run_concurrently_and_are_kicked(machine) -> None:
+    # Two spinning vCPUs, each in its own thread (KVM_RUN releases the GIL); the
+    # main thread kicks both and each run() returns Interrupted.
+    memory, vm = machine
+    memory.write(CODE, bytes((0xEB, 0xFE)))
+    vcpus = [vm.create_vcpu(i) for i in range(2)]
+    vcpus[1].fd.set_mp_state(KVM_MP_STATE_RUNNABLE)
+    results: dict = {}
+    for vcpu in vcpus:
+        _real_mode(vcpu)
+    threads = [threading.Thread(target=lambda v=v: results.__setitem__(v.index, v.run())) for v in vcpus]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while any(v._thread is None for v in vcpus) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert not results  # both still in the guest while the main thread runs Python
+    for vcpu in vcpus:
+        vcpu.kick()
+    for thread in threads:
+        thread.join(5)
+    assert all(isinstance(results.get(i), Interrupted) for i in range(2)), results
