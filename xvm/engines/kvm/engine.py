@@ -294,7 +294,9 @@ class KvmVcpu:
         self.fd = fd
         self.stats: dict = {}
         self._thread: Optional[int] = None
-        install_kick_handler()
+        if not install_kick_handler():
+            log.warning("vCPU %d created off the main thread before install_kick_handler(): "
+                        "kick() can then only stop it between exits", index)
         self._configure()
 
     def _configure(self) -> None:

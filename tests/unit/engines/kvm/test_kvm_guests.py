@@ -285,3 +285,34 @@ def test_vcpu_threads_run_concurrently_and_are_kicked(machine) -> None:
     for thread in threads:
         thread.join(5)
     assert all(isinstance(results.get(i), Interrupted) for i in range(2)), results
+
+
+def test_dirty_log_reports_written_pages(machine) -> None:
+    memory, vm = machine
+    vm.enable_dirty_log()
+    vm.dirty_pages()  # start from a clean log
+    # mov al, 1; mov [0x5000], al; out 0xf4, al
+    vcpu = _start(machine, bytes((0xB0, 0x01, 0xA2, 0x00, 0x50)) + OUT_F4)
+    assert vcpu.run() == IoOut(0xF4, 1, 1, b"\x01")
+    assert 0x5000 in vm.dirty_pages()
+    assert 0x5000 not in vm.dirty_pages()  # reading the log clears it
+
+
+@pytest.mark.skipif(not hasattr(os, "eventfd"), reason="os.eventfd needs Python 3.10")
+def test_ioeventfd_and_irqfd(machine) -> None:
+    memory, vm = machine
+    notify = os.eventfd(0, os.EFD_NONBLOCK)
+    interrupt = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        vm.register_ioeventfd(notify, 0x600, 1, pio=True)
+        vm.register_irqfd(interrupt, 5)
+        # mov dx, 0x600; out dx, al (no exit: signals the eventfd); out 0xf4, al
+        vcpu = _start(machine, bytes((0xBA, 0x00, 0x06, 0xEE)) + OUT_F4)
+        assert vcpu.run().port == 0xF4
+        assert os.eventfd_read(notify) == 1
+        os.eventfd_write(interrupt, 1)
+        vm.unregister_irqfd(interrupt, 5)
+        vm.unregister_ioeventfd(notify, 0x600, 1, pio=True)
+    finally:
+        os.close(notify)
+        os.close(interrupt)
