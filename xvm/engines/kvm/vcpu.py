@@ -11,6 +11,7 @@ wrote into it) on the next KVM_RUN.
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_
 import mmap
 import os
@@ -56,7 +57,10 @@ class VcpuFd:
         self._exit = None
         self.kvm_run = None
         self._view.release()
-        self._mmap.close()
+        # An IoIn/MmioRead data view the machine still holds keeps the page mapped;
+        # the mapping then goes away with the last such view.
+        with contextlib.suppress(BufferError):
+            self._mmap.close()
         os.close(self.fd)
         self.fd = -1
 

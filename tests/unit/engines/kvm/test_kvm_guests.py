@@ -316,3 +316,12 @@ def test_ioeventfd_and_irqfd(machine) -> None:
     finally:
         os.close(notify)
         os.close(interrupt)
+
+
+def test_close_with_a_live_exit_view(machine) -> None:
+    vcpu = _start(machine, bytes((0xBA, 0xF8, 0x03, 0xEC)))  # mov dx, 0x3f8; in al, dx
+    exit_ = vcpu.run()
+    assert isinstance(exit_, IoIn)
+    vcpu.close()  # the machine may still hold exit_.data
+    assert vcpu.fd.fd == -1
+    vcpu.kick()  # harmless after close
