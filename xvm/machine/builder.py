@@ -7,8 +7,8 @@ rust-vmm vmm-reference DESIGN.md):
 2. memory     guest RAM around the 32-bit MMIO hole
 3. buses      one PIO and one MMIO Bus
 4. vm         the engine binds to memory; KVM creates its in-kernel irqchip + PIT
-5. devices    UART, i8042, RTC, debug-exit, POST port; xvm's own PIC/PIT/IOAPIC/LAPIC
-              when the engine has no irqchip of its own
+5. devices    xvm's own PIC/PIT/IOAPIC/LAPIC when the engine has no irqchip of its
+              own (bt); then UART, i8042, RTC, debug-exit, POST port
 6. loader     kernel, initrd, command line, boot tables, boot vCPU state
 7. vcpus      one per --cpus; the boot vCPU gets the loader's registers
 """
@@ -16,22 +16,26 @@ rust-vmm vmm-reference DESIGN.md):
 from __future__ import annotations
 
 import logging
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from xvm.arch.x86 import layout
 from xvm.bus import Bus
 from xvm.config import MachineConfig
-from xvm.devices.clock import HostClock
+from xvm.devices.clock import Clock, HostClock
 from xvm.devices.legacy.debug_exit import DebugExit
 from xvm.devices.legacy.i8042 import I8042
+from xvm.devices.legacy.i8254_pit import I8254Pit, SystemControlPortB
+from xvm.devices.legacy.interrupts import InterruptRouter
 from xvm.devices.legacy.mc146818_rtc import Mc146818Rtc
 from xvm.devices.legacy.post_code import PostCode
 from xvm.devices.legacy.uart8250 import Uart8250
 from xvm.engines.base import Engine, Vcpu, VmBackend
 from xvm.errors import ConfigError, KvmError
 from xvm.loaders import LoadedGuest, load_guest
+from xvm.loaders.bzimage import is_bzimage
 from xvm.machine.exits import ExitDispatcher
 from xvm.memory import GuestMemory
 
@@ -102,8 +106,12 @@ def build(config: MachineConfig, hooks: MachineHooks) -> MachineParts:
         pio, mmio = Bus("pio"), Bus("mmio")
         vm = engine.create_vm(memory, config.cpus)
         dispatcher = ExitDispatcher(pio, mmio)
-        uart = _add_legacy_devices(config, vm, pio, mmio, memory, hooks)
-        loaded = load_guest(memory, config.boot, config.cpus)
+        if vm.has_irqchip:
+            timing = Timing(HostClock(), lambda device: device)
+        else:
+            timing = _add_interrupt_controllers(config, vm, pio, mmio, dispatcher)
+        uart = _add_legacy_devices(vm, pio, memory, timing, hooks)
+        loaded = load_guest(memory, _with_engine_hints(config, vm).boot, config.cpus)
         parts = MachineParts(config, engine_name, memory, pio, mmio, vm, dispatcher, uart, loaded)
         for index in range(config.cpus):
             vcpu: Vcpu = vm.create_vcpu(index)
@@ -116,9 +124,57 @@ def build(config: MachineConfig, hooks: MachineHooks) -> MachineParts:
         raise
 
 
-def _add_legacy_devices(
-    config: MachineConfig, vm: VmBackend, pio: Bus, mmio: Bus, memory: GuestMemory, hooks: MachineHooks
-) -> Uart8250:
+@dataclass
+class Timing:
+    """The clock timed devices read, and how a timed device gets its tick() calls.
+
+    On kvm the in-kernel PIT/LAPIC keep time and devices read the host clock;
+    on bt the InterruptRouter ticks timed devices from the engine's run loop.
+    """
+
+    clock: Clock
+    timed: Callable[[object], object]
+
+
+def _add_interrupt_controllers(
+    config: MachineConfig, vm: VmBackend, pio: Bus, mmio: Bus, dispatcher: ExitDispatcher
+) -> Timing:
+    """xvm's PIC pair, IOAPIC, LAPICs and PIT for an engine without an in-kernel irqchip.
+
+    The engine is connected to them before any device asks for an IRQ line;
+    returns the clock timed devices must use (virtual time unless --clock host).
+    """
+    clock = vm.clock()
+    router = InterruptRouter(config.cpus, clock)
+    for base, length, device in router.pio_devices():
+        pio.insert(device, base, length)
+    for base, length, device in router.mmio_devices():
+        mmio.insert(device, base, length)
+    trace = _stderr_line if config.trace else None
+    vm.connect(dispatcher.serve_io, router, router.irq_line, router, router, config.clock, trace)
+    pit = I8254Pit(router.irq_line(layout.IRQ_PIT), clock)
+    pio.insert(router.add_timer(pit), layout.PORT_I8254_PIT, 4)
+    pio.insert(router.guard(SystemControlPortB(pit)), layout.PORT_SYSTEM_CONTROL_B, 1)
+    return Timing(clock, router.add_timer)
+
+
+def _stderr_line(line: str) -> None:
+    sys.stderr.write(line + "\n")
+
+
+def _with_engine_hints(config: MachineConfig, vm: VmBackend) -> MachineConfig:
+    """Append what the engine needs on a Linux command line (e.g. CPUID masking on PVM hosts)."""
+    hints = getattr(vm, "linux_cmdline_hints", lambda: "")()
+    if not hints or config.boot.kernel is None:
+        return config
+    with open(config.boot.kernel, "rb") as kernel:
+        if not is_bzimage(kernel.read(4096)):
+            return config
+    return replace(config, boot=replace(config.boot, cmdline=f"{config.boot.cmdline} {hints}"))
+
+
+def _add_legacy_devices(vm: VmBackend, pio: Bus, memory: GuestMemory, timing: Timing,
+                        hooks: MachineHooks) -> Uart8250:
     """The PC devices every machine has, at their ISA ports."""
     uart = Uart8250(vm.irq_line(layout.IRQ_COM1), hooks.on_console_output)
     pio.insert(uart, layout.PORT_COM1, 8)
@@ -128,6 +184,6 @@ def _add_legacy_devices(
     pio.insert(i8042.data_port, layout.PORT_I8042_DATA, 1)
     pio.insert(i8042.command_port, layout.PORT_I8042_CMD, 1)
     low = min(memory.size, layout.MMIO_HOLE_START)
-    rtc = Mc146818Rtc(vm.irq_line(layout.IRQ_RTC), HostClock(), time.time, low, memory.size - low)
-    pio.insert(rtc, layout.PORT_RTC, 2)
+    rtc = Mc146818Rtc(vm.irq_line(layout.IRQ_RTC), timing.clock, time.time, low, memory.size - low)
+    pio.insert(timing.timed(rtc), layout.PORT_RTC, 2)
     return uart
