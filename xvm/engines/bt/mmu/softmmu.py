@@ -121,7 +121,6 @@ class Mmu:
         self._write_rmap: dict = {}
         self._walker = PageWalker(cpu, self._read_entry, self._set_entry_bits)
         self._mode_key: tuple = ()
-        self._last_cr = (cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer)
         self._configure()
 
     # --- mode changes and flushes -------------------------------------------
@@ -137,23 +136,22 @@ class Mmu:
     def mode_changed(self) -> None:
         """Call after MOV CR0/CR3/CR4, WRMSR EFER or an A20 gate change.
 
-        A change of a paging control bit flushes everything; otherwise the
-        write is taken as a CR3 load, which flushes all but global entries
-        (SDM Vol. 3 4.10.4.1) — a same-value MOV CR3 flushes too, as Linux
-        expects. Writes that change only other CR0 bits (TS, MP) flush nothing.
+        A change of a paging control bit flushes everything; any other call
+        is taken as a CR3 load, which flushes all but global entries (SDM
+        Vol. 3 4.10.4.1) — a same-value MOV CR3 flushes too, as Linux
+        expects. Writes of other CR0/CR4 bits (TS, OSFXSR) cost a non-global
+        flush; telling them apart from a same-value CR3 load is not worth
+        the risk of a stale TLB.
         """
         cpu = self.cpu
-        cr = (cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer)
         key = (cpu.cr0 & _CR0_PAGING, cpu.cr4 & _CR4_PAGING, cpu.efer & _EFER_PAGING, cpu.a20_enabled)
-        last = self._last_cr
-        self._last_cr = cr
         if key != self._mode_key:
             self._configure()
             self.flush(True)
-        elif cr[1] != last[1] or cr == last:
-            if self._paging == PAGING_PAE:
-                self._walker.load_pdptes()
-            self.flush(False)
+            return
+        if self._paging == PAGING_PAE:
+            self._walker.load_pdptes()
+        self.flush(False)
 
     def flush(self, include_global: bool = True) -> None:
         """Drop TLB entries: all of them, or all but global pages."""
