@@ -91,6 +91,9 @@ class GuestConformance:
     def test_privilege(self, guests, xvm) -> None:
         self.run_guest("privilege", guests, xvm)
 
+    def test_user64(self, guests, xvm) -> None:
+        self.run_guest("user64", guests, xvm)
+
     def test_smc(self, guests, xvm) -> None:
         self.run_guest("smc", guests, xvm)
 

@@ -103,7 +103,7 @@ GUESTS: dict[str, Guest] = {
         ),
         _guest(
             "paging64",
-            "ad_clear alias_read accessed_after_read dirty_after_write alias_write pf_read_taken pf_read_error"
+            "ad_clear alias_read accessed_after_read dirty_after_write alias_write pf_read_vector pf_read_error"
             " pf_read_cr2 pf_read_rip pf_write_error pf_wp_error wp_write_blocked pf_nx_error pf_nx_rip invlpg"
             " cr3_switch cr3_switch_back page_faults_taken",
         ),
@@ -117,6 +117,13 @@ GUESTS: dict[str, Guest] = {
             "back_in_ring0 ring3_cpl int80_handler_cpl int80_caller_cs int80_caller_ss int80_caller_esp"
             " int80_stack_from_tss int80_return_value cli_gp_error cli_gp_eip cli_gp_from_ring3 hlt_gp"
             " mov_cr3_gp int_dpl0_gate_vector int_dpl0_gate_error",
+        ),
+        _guest(
+            "user64",
+            "back_in_ring0 ring3_cpl syscall_rcx syscall_r11_rflags syscall_cs syscall_ss syscall_fmask"
+            " syscall_result sysret_cs sysret_ss sysret_rflags int80_caller_cs int80_caller_ss"
+            " int80_stack_from_tss int80_result cli_gp_vector cli_gp_error cli_gp_rip cli_gp_cs"
+            " supervisor_pf_vector supervisor_pf_error supervisor_pf_cr2",
         ),
         _guest(
             "smc",

@@ -77,22 +77,20 @@ long_main:
         mov ebx, [DATA_A + 4]
         CHECK64 "paging64.alias_write", rbx, 0x1234
 
-        lea rax, [rel .after_read]
-        mov [rel resume_rip], rax
+        EXPECT64 .after_read
 .read:  mov ebx, [ALIAS + 0x1008]
 .after_read:
-        CHECK64 "paging64.pf_read_taken", [rel pf_count], 1
-        CHECK64 "paging64.pf_read_error", [rel pf_error], 0
+        CHECK64 "paging64.pf_read_vector", [rel exc64_vector], 14
+        CHECK64 "paging64.pf_read_error", [rel exc64_error], 0
         mov rbx, ALIAS + 0x1008
-        CHECK64 "paging64.pf_read_cr2", [rel pf_cr2], rbx
+        CHECK64 "paging64.pf_read_cr2", [rel exc64_cr2], rbx
         lea rbx, [rel .read]
-        CHECK64 "paging64.pf_read_rip", [rel pf_rip], rbx
+        CHECK64 "paging64.pf_read_rip", [rel exc64_rip], rbx
 
-        lea rax, [rel .after_write]
-        mov [rel resume_rip], rax
+        EXPECT64 .after_write
         mov dword [ALIAS + 0x1ff0], 1
 .after_write:
-        CHECK64 "paging64.pf_write_error", [rel pf_error], 2
+        CHECK64 "paging64.pf_write_error", [rel exc64_error], 2
 
         ; Read-only alias, CR0.WP=1: a supervisor write faults with P=1, W=1.
         and dword [PT_A], ~PG_RW
@@ -100,11 +98,10 @@ long_main:
         mov rax, cr0
         or eax, CR0_WP
         mov cr0, rax
-        lea rax, [rel .after_wp]
-        mov [rel resume_rip], rax
+        EXPECT64 .after_wp
         mov dword [ALIAS + 8], 0xBAD
 .after_wp:
-        CHECK64 "paging64.pf_wp_error", [rel pf_error], 3
+        CHECK64 "paging64.pf_wp_error", [rel exc64_error], 3
         mov ebx, [DATA_A + 8]
         xor ecx, ecx
         cmp ebx, 0xBAD
@@ -120,14 +117,13 @@ long_main:
         call rax                        ; executable so far: returns
         or dword [PT_A + 16 + 4], PG_XD_HIGH
         invlpg [ALIAS + 0x2000]
-        lea rax, [rel .after_nx]
-        mov [rel resume_rip], rax
+        EXPECT64 .after_nx
         mov eax, ALIAS + 0x2000
         call rax
 .after_nx:
-        CHECK64 "paging64.pf_nx_error", [rel pf_error], 0x11
+        CHECK64 "paging64.pf_nx_error", [rel exc64_error], 0x11
         mov rbx, ALIAS + 0x2000
-        CHECK64 "paging64.pf_nx_rip", [rel pf_rip], rbx
+        CHECK64 "paging64.pf_nx_rip", [rel exc64_rip], rbx
 
         ; Retarget the alias, INVLPG, read the new page.
         mov ebx, [ALIAS]
@@ -145,67 +141,7 @@ long_main:
         mov cr3, rax
         mov ebx, [ALIAS]
         CHECK64 "paging64.cr3_switch_back", rbx, 0xBBBB
-        CHECK64 "paging64.page_faults_taken", [rel pf_count], 4
+        CHECK64 "paging64.page_faults_taken", [rel exc64_count], 4
         jmp finish64
 
-; idt64_init: 16-byte interrupt gates (SDM Vol. 3A 6.14.1): #PF -> pf_handler, the rest -> unexpected64.
-idt64_init:
-        lea rdi, [rel idt]
-        xor ecx, ecx
-.gate:  lea rax, [rel unexpected64]
-        cmp ecx, 14
-        jne .set
-        lea rax, [rel pf_handler]
-.set:   mov [rdi], ax
-        mov word [rdi + 2], SEL_CODE64
-        mov word [rdi + 4], 0x8E00      ; present, DPL 0, 64-bit interrupt gate, IST 0
-        shr rax, 16
-        mov [rdi + 6], ax
-        shr rax, 16
-        mov [rdi + 8], eax
-        mov dword [rdi + 12], 0
-        add rdi, 16
-        inc ecx
-        cmp ecx, 256
-        jb .gate
-        lidt [rel idt64_descriptor]
-        ret
-
-; Frame: error code, RIP, CS, RFLAGS, RSP, SS (64-bit mode always pushes SS:RSP).
-pf_handler:
-        push rax
-        inc dword [rel pf_count]
-        mov rax, [rsp + 8]
-        mov [rel pf_error], rax
-        mov rax, [rsp + 16]
-        mov [rel pf_rip], rax
-        mov rax, cr2
-        mov [rel pf_cr2], rax
-        mov rax, [rel resume_rip]
-        test rax, rax
-        jz unexpected64
-        mov [rsp + 16], rax
-        mov qword [rel resume_rip], 0
-        pop rax
-        add rsp, 8
-        iretq
-
-unexpected64:
-        inc dword [rel fail_count]
-        lea rsi, [rel str_unexpected64]
-        call puts64
-        mov al, 10
-        call putc64
-        jmp finish64
-
-        align 8
-idt64_descriptor:
-        dw 256 * 16 - 1
-        dd idt, 0
-resume_rip:     dq 0
-pf_count:       dq 0
-pf_error:       dq -1
-pf_rip:         dq 0
-pf_cr2:         dq 0
-str_unexpected64: db "FAIL unexpected-exception in 64-bit mode", 0
         bits 32
