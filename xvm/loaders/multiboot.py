@@ -132,7 +132,9 @@ def _xvm_areas() -> tuple[tuple[int, int, str], ...]:
     return (
         (layout.BOOT_GDT_START, layout.BOOT_IDT_START, "boot GDT"),
         (layout.MULTIBOOT_INFO_START, layout.MULTIBOOT_INFO_START + layout.MULTIBOOT_INFO_MAX_SIZE, "multiboot info"),
-        (layout.EBDA_START, layout.HIGH_MEMORY_START, "MP/ACPI tables and BIOS area"),
+        # Up to the BIOS area only: `ld -Ttext=0x100000` puts the ELF headers in a PT_LOAD segment
+        # at 0xFF000, which QEMU loads too.
+        (layout.EBDA_START, layout.BIOS_ROM_START, "MP and ACPI tables"),
     )
 
 

@@ -52,6 +52,15 @@ def test_elf_segments_load_at_paddr_with_bss_zeroed(make_multiboot_elf, memory):
     assert memory.read(0x200000, 0x10) == b"DATA" + bytes(12)
 
 
+def test_elf_headers_segment_below_1mib_loads_like_qemu(make_multiboot_elf, memory):
+    # What `ld -m elf_i386 -Ttext=0x100000` makes: the ELF headers in a PT_LOAD at 0xFF000.
+    data = make_multiboot_elf(
+        segments=((0x100000, 0x100000, b"\x90" * 64, 0x100), (0xFF000, 0xFF000, b"\x7fELF", 0x100)), entry=0x10000C
+    )
+    kernel = load_multiboot_kernel(memory, data, find_multiboot_header(data), "k.elf")
+    assert (kernel.start, kernel.end) == (0xFF000, 0x100100)
+
+
 def test_higher_half_entry_is_translated_to_physical(make_multiboot_elf, memory):
     data = make_multiboot_elf(segments=((0x100000, 0xC0100000, b"\x90" * 64, 0x100),), entry=0xC0100020)
     kernel = load_multiboot_kernel(memory, data, find_multiboot_header(data), "k.elf")
@@ -83,7 +92,7 @@ def test_aout_kludge_load_end_addr_limits_the_copy(make_aout_kludge, memory):
         ({"load_end_addr": 0xF0000}, "load_end_addr 0xf0000 is below load_addr"),
         ({"bss_end_addr": 0x100010}, "bss_end_addr 0x100010 is below the end"),
         ({"load_addr": 0x30000}, r"over xvm's multiboot info at 0x30000: link it at 1 MiB or above"),
-        ({"load_addr": 0x9F000}, "over xvm's MP/ACPI tables"),
+        ({"load_addr": 0x9F000}, "over xvm's MP and ACPI tables"),
         ({"load_addr": 0x8000000, "bss_end_addr": 0}, r"needs 129 MiB .* use --mem 129M or more"),
         ({"flags": 0x10013}, "requires features 0x10 xvm does not provide"),
     ],
