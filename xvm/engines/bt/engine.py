@@ -1,0 +1,414 @@
+"""The bt engine: x86 guests run by software, the way the first x86 VMMs did it.
+
+Each vCPU owns a CpuState, a soft MMU and a translation cache. `run()` is the
+monitor's loop (SDM Vol. 3 6.6 for where interrupts may be taken):
+
+    while nothing for the machine to see:
+        at a boundary: timers due? -> timers.tick(now); IF=1 and no shadow and
+                       an interrupt pending? -> deliver it (INTA: acknowledge)
+        halted?       IF=0 -> Hlt(); else skip virtual time to the next deadline
+        execute       a translated block (fast path), or one instruction through
+                      the interpreter (sensitive instructions, page crossers,
+                      --trace, the instruction after STI/MOV SS, TF=1)
+        GuestFault    -> deliver through the IVT/IDT (interrupts.deliver_fault)
+        TripleFault   -> Shutdown("triple fault")
+
+Boundary work is not done after every block: `_poll_at` holds the
+instruction count at which the next boundary check is due — the next timer
+deadline in virtual time, at most POLL_INTERVAL instructions ahead, or "now"
+after anything that may have changed the answer (a device access, an
+interpreted instruction that set IF, a kick). The hot path between blocks is
+then one integer comparison.
+
+Device accesses are synchronous: IN/OUT and MMIO build the same IoIn/IoOut/
+MmioRead/MmioWrite exits the kvm engine returns, and hand them to the
+machine's exit dispatcher in the middle of the instruction.
+
+    vm = BtEngine().create_vm(memory, cpus=1)
+    vm.connect(dispatcher.serve_io, router, router.irq_line, router, router)
+    vcpu = vm.create_vcpu(0)
+    vcpu.set_sregs(sregs); vcpu.set_regs(regs)
+    exit_ = vcpu.run()
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Optional
+
+from xvm.arch.x86.regs import RFLAGS_IF, RFLAGS_TF, Regs, SpecialRegs
+from xvm.bus.irq import IrqLine, MsiMessage, MsiSink
+from xvm.engines.base import (
+    Hlt,
+    Interrupted,
+    InterruptSource,
+    IoHandler,
+    IoIn,
+    IoOut,
+    MmioRead,
+    MmioWrite,
+    Shutdown,
+    VcpuExit,
+)
+from xvm.engines.bt import interrupts
+from xvm.engines.bt.clock import CLOCK_MODES, BtClock
+from xvm.engines.bt.cpu import execute_one
+from xvm.engines.bt.faults import GuestFault, TripleFault
+from xvm.engines.bt.mmu.softmmu import Mmu
+from xvm.engines.bt.state import CpuState
+from xvm.engines.bt.stats import BtStats
+from xvm.engines.bt.trace import trace_line
+from xvm.engines.bt.translate.cache import BlockCache
+from xvm.errors import ConfigError, XvmError
+from xvm.memory import GuestMemory
+
+try:
+    from typing import Protocol
+except ImportError:  # pragma: no cover
+    Protocol = object  # type: ignore[assignment,misc]
+
+#: Most instructions between two boundary checks (kick, timers, async interrupts).
+POLL_INTERVAL = 4096
+#: Longest host sleep while halted with nothing scheduled: the latency of
+#: interrupts raised by other threads (console input, I/O backends).
+IDLE_WAIT_S = 0.01
+_NEVER = 1 << 62
+
+
+class Timers(Protocol):
+    """The timed devices as one object (the InterruptRouter): lazy catch-up (STYLE.md 12)."""
+
+    def tick(self, now_ns: int) -> None: ...
+
+    def next_deadline(self) -> Optional[int]: ...
+
+
+class _PortIo:
+    """Port I/O for the interpreter: IN/OUT become IoIn/IoOut exits served synchronously."""
+
+    __slots__ = ("_handler", "_vcpu")
+
+    def __init__(self, handler: IoHandler, vcpu: BtVcpu) -> None:
+        self._handler = handler
+        self._vcpu = vcpu
+
+    def read(self, port: int, size: int) -> int:
+        buf = bytearray(size)
+        self._handler(IoIn(port, size, 1, memoryview(buf)))
+        self._vcpu._device_exit()
+        return int.from_bytes(buf, "little")
+
+    def write(self, port: int, size: int, value: int) -> None:
+        self._handler(IoOut(port, size, 1, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")))
+        self._vcpu._device_exit()
+
+
+class _Mmio:
+    """The soft MMU's PhysicalIo: loads and stores outside RAM become MmioRead/MmioWrite exits."""
+
+    __slots__ = ("_handler", "_vcpu")
+
+    def __init__(self, handler: IoHandler, vcpu: BtVcpu) -> None:
+        self._handler = handler
+        self._vcpu = vcpu
+
+    def read(self, paddr: int, size: int) -> int:
+        buf = bytearray(size)
+        self._handler(MmioRead(paddr, memoryview(buf)))
+        self._vcpu._device_exit()
+        return int.from_bytes(buf, "little")
+
+    def write(self, paddr: int, size: int, value: int) -> None:
+        self._handler(MmioWrite(paddr, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")))
+        self._vcpu._device_exit()
+
+
+class BtEngine:
+    """Software full virtualization (xvm.engines.base.Engine)."""
+
+    name = "bt"
+
+    def create_vm(self, memory: GuestMemory, cpus: int) -> BtVm:
+        if cpus < 1:
+            raise ConfigError(f"--cpus {cpus} is invalid: a VM needs at least one vCPU")
+        return BtVm(memory, cpus)
+
+
+class BtVm:
+    """One VM on the bt engine (xvm.engines.base.VmBackend).
+
+    There is no in-kernel irqchip: the machine adds xvm's own PIC/PIT/IOAPIC/
+    LAPIC/RTC models and wires them in with `connect` before creating devices.
+    """
+
+    has_irqchip = False
+
+    def __init__(self, memory: GuestMemory, cpus: int) -> None:
+        self.memory = memory
+        self.cpus = cpus
+        self._clock = BtClock()
+        self._io: Optional[IoHandler] = None
+        self._interrupts: Optional[InterruptSource] = None
+        self._irq_lines: Optional[Callable[[int], IrqLine]] = None
+        self._msi: Optional[MsiSink] = None
+        self._timers: Optional[Timers] = None
+        self._trace: Optional[Callable[[str], None]] = None
+        self.vcpus: list = []
+
+    def connect(self, io: IoHandler, interrupts: InterruptSource, irq_lines: Callable[[int], IrqLine],
+                msi: MsiSink, timers: Timers, clock_mode: str = "virtual",
+                trace: Optional[Callable[[str], None]] = None) -> None:
+        """Wire the machine in: the exit dispatcher, the interrupt controllers and timed devices.
+
+        `trace`, when given, receives one line per guest instruction (and turns
+        translation off: every instruction goes through the interpreter).
+        """
+        if clock_mode not in CLOCK_MODES:
+            raise ConfigError(f"--clock {clock_mode!r} is unknown: use one of {', '.join(CLOCK_MODES)}")
+        self._io = io
+        self._interrupts = interrupts
+        self._irq_lines = irq_lines
+        self._msi = msi
+        self._timers = timers
+        self._trace = trace
+        self._clock.use_host_time(clock_mode == "host")
+
+    def clock(self) -> BtClock:
+        """The clock devices must use: virtual (instruction count) or host time, as connect() chose."""
+        return self._clock
+
+    def irq_line(self, irq: int) -> IrqLine:
+        if self._irq_lines is None:
+            raise XvmError("bt engine: connect() the interrupt controllers before asking for IRQ lines")
+        return self._irq_lines(irq)
+
+    def msi_sink(self) -> MsiSink:
+        if self._msi is None:
+            raise XvmError("bt engine: connect() the interrupt controllers before asking for the MSI sink")
+        return self._msi
+
+    def signal_msi(self, message: MsiMessage) -> None:
+        self.msi_sink().signal_msi(message)
+
+    def create_vcpu(self, index: int) -> BtVcpu:
+        if self._io is None or self._interrupts is None or self._timers is None:
+            raise XvmError("bt engine: connect() the machine before creating vCPUs")
+        if not 0 <= index < self.cpus or any(v.index == index for v in self.vcpus):
+            raise ConfigError(f"vCPU index {index} is invalid or already created (the VM has {self.cpus})")
+        vcpu = BtVcpu(self, index)
+        if index == 0:
+            self._clock.attach(vcpu.cpu)
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    def close(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.close()
+
+
+class BtVcpu:
+    """One virtual CPU run by the bt engine (xvm.engines.base.Vcpu)."""
+
+    def __init__(self, vm: BtVm, index: int) -> None:
+        assert vm._io is not None and vm._interrupts is not None and vm._timers is not None
+        self.index = index
+        self.vm = vm
+        self.cpu = CpuState()
+        self.mmu = Mmu(vm.memory, self.cpu, _Mmio(vm._io, self))
+        self.io = _PortIo(vm._io, self)
+        self.counters = BtStats()
+        self._interrupts = vm._interrupts
+        self._timers = vm._timers
+        self._clock = vm._clock
+        self._trace = vm._trace
+        #: Application processors have no INIT/SIPI path yet: they wait to be kicked.
+        self._waiting_for_sipi = index != 0
+        self.cache = BlockCache(self.cpu, self.mmu, self.io, self.counters)
+        self._kicked = False
+        self._wake = threading.Event()
+        #: Instruction count at which the next boundary check (timers, interrupts, kick) is due.
+        self._poll_at = 0
+        self._deadline: Optional[int] = None
+
+    # --- register state -------------------------------------------------------
+    def get_regs(self) -> Regs:
+        return self.cpu.get_regs()
+
+    def set_regs(self, regs: Regs) -> None:
+        self.cpu.set_regs(regs)
+        self._state_changed()
+
+    def get_sregs(self) -> SpecialRegs:
+        return self.cpu.get_sregs()
+
+    def set_sregs(self, sregs: SpecialRegs) -> None:
+        self.cpu.set_sregs(sregs)
+        self.mmu.mode_changed()
+        self._state_changed()
+
+    def _state_changed(self) -> None:
+        self.cpu.halted = False
+        self._poll_at = 0
+
+    @property
+    def stats(self) -> dict:
+        return self.counters.snapshot(self.cpu.icount, self.mmu.stats)
+
+    # --- control ---------------------------------------------------------------
+    def kick(self) -> None:
+        """Make the current or next run() return Interrupted (any thread)."""
+        self._kicked = True
+        self._poll_at = 0
+        self._wake.set()
+
+    def close(self) -> None:
+        self.kick()
+        self.cache.clear()
+
+    def _device_exit(self) -> None:
+        """A device was accessed: it may have raised an interrupt or moved a timer deadline."""
+        self.counters.device_exits += 1
+        self._poll_at = 0
+
+    # --- the run loop --------------------------------------------------------
+    def run(self) -> VcpuExit:
+        """Execute the guest until the machine must see something (module docstring)."""
+        counters = self.counters
+        cpu = self.cpu
+        start_ns = time.perf_counter_ns()
+        start_icount = cpu.icount
+        try:
+            return self._run()
+        finally:
+            counters.run_ns += time.perf_counter_ns() - start_ns
+            counters.run_instructions += cpu.icount - start_icount
+
+    def _run(self) -> VcpuExit:
+        if self._waiting_for_sipi:
+            # Wait-for-SIPI (SDM Vol. 3 9.4): nothing runs until the machine stops or pauses us.
+            self._wake.wait()
+            self._wake.clear()
+            self._kicked = False
+            return Interrupted()
+        cpu = self.cpu
+        cache = self.cache
+        step = self._step
+        tracing = self._trace is not None
+        block = None
+        while True:
+            if cpu.icount >= self._poll_at:
+                block = None
+                stop = self._poll()
+                if stop is not None:
+                    return stop
+            if cpu.halted:
+                stop = self._idle()
+                if stop is not None:
+                    return stop
+                continue
+            try:
+                if tracing or cpu.interrupt_shadow or cpu.rflags & RFLAGS_TF:
+                    block = None
+                    step()
+                    continue
+                block = cache.run(block)
+                if block is None:
+                    step()
+            except GuestFault as fault:
+                block = None
+                stop = self._fault(fault)
+                if stop is not None:
+                    return stop
+            except TripleFault:
+                return Shutdown("triple fault")
+
+    def _step(self) -> None:
+        """One instruction through the interpreter: the reference path, and every sensitive instruction."""
+        cpu = self.cpu
+        if self._trace is not None:
+            self._trace(trace_line(cpu, self.mmu))
+        interrupts_were_off = not cpu.rflags & RFLAGS_IF
+        execute_one(cpu, self.mmu, self.io)
+        self.counters.interpreted_instructions += 1
+        if (interrupts_were_off and cpu.rflags & RFLAGS_IF) or cpu.interrupt_shadow or cpu.halted:
+            # STI, POPF, IRET... may let a pending interrupt in after the next instruction.
+            self._poll_at = 0
+
+    def _fault(self, fault: GuestFault) -> Optional[VcpuExit]:
+        """Deliver a guest fault raised at cpu.rip (the faulting instruction)."""
+        cpu = self.cpu
+        self.counters.faults += 1
+        try:
+            interrupts.deliver_fault(cpu, self.mmu, fault, cpu.rip)
+        except TripleFault:
+            return Shutdown("triple fault")
+        cpu.halted = False
+        self._poll_at = 0
+        return None
+
+    def _poll(self) -> Optional[VcpuExit]:
+        """Boundary work: kick, due timers, interrupt acceptance; schedules the next poll."""
+        cpu = self.cpu
+        if self._kicked:
+            self._kicked = False
+            self._wake.clear()
+            return Interrupted()
+        clock = self._clock
+        timers = self._timers
+        if self.index == 0:
+            deadline = timers.next_deadline()
+            if deadline is not None and clock.now_ns() >= deadline:
+                timers.tick(clock.now_ns())
+                deadline = timers.next_deadline()
+            self._deadline = deadline
+        else:
+            deadline = None
+        if cpu.rflags & RFLAGS_IF and not cpu.interrupt_shadow and self._interrupts.pending(self.index):
+            vector = self._interrupts.acknowledge(self.index)
+            stop = self._deliver_external(vector)
+            if stop is not None:
+                return stop
+        if cpu.interrupt_shadow:
+            next_poll = cpu.icount + 1
+        else:
+            next_poll = cpu.icount + POLL_INTERVAL
+            if deadline is not None and clock.virtual:
+                next_poll = min(next_poll, cpu.icount + max(1, clock.instructions_until(deadline)))
+        self._poll_at = next_poll
+        return None
+
+    def _deliver_external(self, vector: int) -> Optional[VcpuExit]:
+        """Take an external interrupt at this instruction boundary (SDM Vol. 3 6.8.1)."""
+        cpu = self.cpu
+        self.counters.interrupts += 1
+        cpu.halted = False
+        try:
+            interrupts.deliver(cpu, self.mmu, vector, None, interrupts.KIND_EXTERNAL, cpu.rip)
+        except GuestFault as fault:
+            return self._fault(fault)
+        except TripleFault:
+            return Shutdown("triple fault")
+        return None
+
+    def _idle(self) -> Optional[VcpuExit]:
+        """HLT: stop dead with IF=0, else wait for the next interrupt (skipping virtual time)."""
+        cpu = self.cpu
+        if not cpu.rflags & RFLAGS_IF:
+            return Hlt()
+        if self._interrupts.pending(self.index):
+            self._poll_at = 0
+            return None
+        clock = self._clock
+        deadline = self._timers.next_deadline() if self.index == 0 else None
+        if deadline is not None and clock.virtual:
+            # Nothing runs until the next timer fires: let virtual time skip there.
+            self.counters.idle_skips += 1
+            clock.skip_to(deadline)
+        else:
+            wait = IDLE_WAIT_S
+            if deadline is not None:
+                wait = min(wait, max(0, deadline - clock.now_ns()) / 1e9)
+            self._wake.wait(wait)
+        self._poll_at = 0
+        return None

@@ -1,0 +1,97 @@
+"""Finding guest basic blocks: which instructions a translated block may hold.
+
+A block is a straight run of instructions decoded once from guest memory,
+starting at one linear address and ending
+
+* *after* a near control transfer (JMP/Jcc/CALL/RET/LOOP/JrCXZ): the run loop
+  looks up (or follows the chain link to) the block at the new RIP;
+* *before* a sensitive instruction (below): the interpreter executes it alone,
+  with every CPL/IOPL check the SDM gives — trap-and-emulate;
+* before an instruction that crosses the page end or the CS limit, wraps IP,
+  or does not decode (the interpreter raises the precise fault when it gets
+  there); and after MAX_BLOCK_INSTRUCTIONS.
+
+A block therefore never spans two physical pages, so "which blocks does a
+store to page P hit" is a per-page question, and never contains an
+instruction that changes the operating mode, CS, IF or the interrupt shadow,
+so the code it was translated for stays right until its last instruction.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from xvm.engines.bt.decoder.decoder import Instr, NeedMoreBytes, decode
+from xvm.engines.bt.faults import GuestFault
+
+MAX_BLOCK_INSTRUCTIONS = 64
+
+#: Mnemonics never run inside a translated block. They change the operating
+#: mode, CS, IF, the interrupt shadow or paging (POPF, IRET, CLI/STI, MOV SS,
+#: LSS, far transfers, INT, SYSCALL..., MOV CRn/DRn, LMSW, CLTS, INVLPG,
+#: WRMSR), touch devices (IN/OUT/INS/OUTS), read the time (RDTSC/RDTSCP count
+#: retired instructions, which a block only settles at its end), stop the CPU
+#: (HLT) or are privileged system instructions the interpreter checks anyway.
+SENSITIVE = frozenset((
+    "hlt", "cli", "sti", "popf", "iret", "int", "int1", "int3", "into", "retf",
+    "in", "out", "insb", "insw", "outsb", "outsw",
+    "syscall", "sysret", "sysenter", "sysexit", "swapgs",
+    "lgdt", "lidt", "sgdt", "sidt", "lldt", "ltr", "sldt", "str", "smsw", "lmsw", "clts", "invlpg",
+    "lar", "lsl", "verr", "verw", "arpl", "lss",
+    "wrmsr", "rdmsr", "cpuid", "rdtsc", "rdtscp", "wbinvd", "invd", "ud2",
+))
+#: Far forms of JMP/CALL (through a far pointer: mode and CS change).
+FAR_OPERANDS = frozenset(("Ap", "Mp"))
+#: Near control transfers: end the block after themselves.
+BRANCHES = frozenset(("jmp", "call", "ret", "loop", "loope", "loopne", "jcxz", "ja", "jae", "jb", "jbe", "je",
+                      "jg", "jge", "jl", "jle", "jne", "jno", "jnp", "jns", "jo", "jp", "js"))
+#: Instructions that store to memory without a ModRM memory operand; after any
+#: store the block checks whether it hit translated code (self-modifying code).
+IMPLICIT_STORES = frozenset(("push", "pusha", "pushf", "call", "enter", "movsb", "movsw", "stosb", "stosw"))
+#: SREG encoding of SS (MOV SS / POP SS set the interrupt shadow).
+_SS = 2
+
+
+def is_sensitive(ins: Instr) -> bool:
+    """True when `ins` must go through the interpreter (see SENSITIVE)."""
+    op = ins.op
+    mnemonic = op.mnemonic
+    if mnemonic in SENSITIVE:
+        return True
+    operands = op.operands
+    if mnemonic == "mov":
+        # MOV to/from CRn/DRn; MOV SS (interrupt shadow).
+        return operands[0][0] in "CD" or operands[-1][0] in "CD" or (operands[0] == "Sw" and ins.reg & 7 == _SS)
+    if mnemonic == "pop":
+        return operands == ("SS",)
+    return mnemonic in ("jmp", "call") and operands[0] in FAR_OPERANDS
+
+
+def may_store(ins: Instr) -> bool:
+    """True when `ins` may write guest memory (then a block checks for self-modification after it)."""
+    return ins.is_mem or ins.op.mnemonic in IMPLICIT_STORES
+
+
+def scan(code: bytes, rip: int, bits: int, cs_limit: Optional[int]) -> list:
+    """Decode the block at the start of `code` (the rest of the page): a list of Instr, maybe empty.
+
+    `rip` is the offset of code[0] in CS; `cs_limit` the highest offset the
+    block may execute (None in 64-bit mode, where CS has no limit).
+    """
+    view = memoryview(code)
+    ip_mask = 0xFFFF if bits == 16 else (0xFFFFFFFF if bits == 32 else (1 << 64) - 1)
+    out = []
+    pos = 0
+    while len(out) < MAX_BLOCK_INSTRUCTIONS:
+        try:
+            ins = decode(view[pos:], bits)
+        except (NeedMoreBytes, GuestFault):
+            break
+        end = rip + pos + ins.length
+        if end - 1 > ip_mask or (cs_limit is not None and end - 1 > cs_limit) or is_sensitive(ins):
+            break
+        out.append(ins)
+        pos += ins.length
+        if ins.op.mnemonic in BRANCHES:
+            break
+    return out

@@ -1,0 +1,205 @@
+"""The translation cache: blocks by physical address and mode, chained, kept coherent.
+
+    cache = BlockCache(cpu, mmu, io, counters)
+    block = cache.run(previous_block)   # ran the block at CS:RIP, or None: interpret one instruction
+
+Key. A block is found by (physical address, RIP, CS base, CS limit, code
+size, CPL): the physical address because the same linear address means other
+code after a CR3 load, and the linear view (RIP and CS) because the
+translated code carries RIP values and the CS-limit cut. Everything else a
+handler depends on (CR0, EFER, segment caches, IOPL) it reads at run time,
+and the instructions that change it are never inside a block.
+
+Chaining. When a block ends with RIP on the same linear page it started on,
+the successor is on the same physical page at the same mode, so the block
+remembers it (two links: taken and fall-through, SDM jump targets being
+direct) and the next run skips the address translation and the dict lookup.
+Links are followed only right after a block ran normally (the run loop
+passes None after anything else: an interrupt, a fault, an interpreted
+instruction), and only to blocks still valid.
+
+Coherence. Every page holding a block is registered with the soft MMU
+(`watch_code_page`); a store to it calls `on_code_write(ppn)`. The blocks of
+that page whose bytes changed are dropped (a data store that shares the page
+with code costs a comparison, not a retranslation); a page with no blocks left
+is unwatched. A store inside a running block sets the `smc` flag, which makes
+the block return right after the store, so self-modifying code resumes from
+a fresh translation of the patched bytes. Device DMA bypasses the MMU and is
+not tracked (see the engine's notes).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from xvm.engines.bt.mmu.walker import ACCESS_EXEC
+from xvm.engines.bt.state import CS, MODE_LONG
+from xvm.engines.bt.translate.blocks import scan
+from xvm.engines.bt.translate.codegen import generate
+
+#: Above this many blocks the cache starts over (a guest that generates code forever).
+MAX_BLOCKS = 1 << 16
+_PAGE = 0x1000
+
+
+class Block:
+    """One translated block and its chain links."""
+
+    __slots__ = ("fn", "key", "paddr", "raw", "vpn", "valid", "rip0", "next0", "rip1", "next1")
+
+    def __init__(self, fn, key: tuple, paddr: int, raw: bytes, vpn: int) -> None:
+        self.fn = fn
+        self.key = key
+        self.paddr = paddr
+        #: The guest bytes it was translated from (checked when its page is written).
+        self.raw = raw
+        #: Linear page number of its first byte (chaining stays on this page).
+        self.vpn = vpn
+        self.valid = True
+        self.rip0 = -1
+        self.next0: Optional[Block] = None
+        self.rip1 = -1
+        self.next1: Optional[Block] = None
+
+
+class BlockCache:
+    """Translated blocks of one vCPU (module docstring)."""
+
+    def __init__(self, cpu, mmu, io, counters) -> None:
+        self.cpu = cpu
+        self.mmu = mmu
+        self.io = io
+        self.counters = counters
+        self._blocks: dict = {}
+        #: Physical page number -> blocks on it.
+        self._pages: dict = {}
+        #: Keys where no block can start (a sensitive instruction, a page crosser): interpret.
+        self._untranslatable: set = set()
+        #: Physical page number -> those keys on it.
+        self._stops: dict = {}
+        #: Set by on_code_write while a block runs: it returns after the current store.
+        self._smc = [0]
+        #: A dummy "previous block" that chains to nothing (after self-modifying code).
+        self._no_chain = Block(None, (), -1, b"", -1)
+        self._no_chain.valid = False
+        mmu.on_code_write = self._on_code_write
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def run(self, prev: Optional[Block]) -> Optional[Block]:
+        """Run the block at CS:RIP; returns it, or None when the interpreter must take this instruction.
+
+        `prev` is the block that ran just before with nothing in between (or None).
+        """
+        cpu = self.cpu
+        rip = cpu.rip
+        if prev is not None:
+            if prev.rip0 == rip:
+                block = prev.next0
+            elif prev.rip1 == rip:
+                block = prev.next1
+            else:
+                block = None
+            if block is not None and block.valid:
+                counters = self.counters
+                counters.cache_hits += 1
+                counters.chained += 1
+                block.fn()
+                if self._smc[0]:
+                    self._smc[0] = 0
+                    return self._no_chain
+                return block
+        block = self._lookup(rip)
+        if block is None:
+            return None
+        if prev is not None and prev.valid and block.vpn == prev.vpn:
+            if prev.rip0 < 0 or prev.next0 is None or not prev.next0.valid:
+                prev.rip0, prev.next0 = rip, block
+            else:
+                prev.rip1, prev.next1 = rip, block
+        block.fn()
+        if self._smc[0]:
+            self._smc[0] = 0
+            return self._no_chain
+        return block
+
+    def _lookup(self, rip: int) -> Optional[Block]:
+        """The block at CS:RIP, translated now if needed; None when it cannot start here."""
+        cpu = self.cpu
+        cs = cpu.segs[CS]
+        linear = cs.base + rip
+        if cpu.mode != MODE_LONG:
+            linear &= 0xFFFFFFFF
+        cpl = cpu.cpl
+        # Instruction fetch permission and #PF come from here, as from a fetch.
+        paddr = self.mmu.translate(linear, ACCESS_EXEC, cpl == 3)
+        key = (paddr, rip, cs.base, cs.limit, cpu.code_bits, cpl)
+        block = self._blocks.get(key)
+        if block is not None:
+            self.counters.cache_hits += 1
+            return block
+        if key in self._untranslatable:
+            return None
+        return self._translate(key, linear, rip, paddr)
+
+    def _translate(self, key: tuple, linear: int, rip: int, paddr: int) -> Optional[Block]:
+        cpu = self.cpu
+        mmu = self.mmu
+        if len(self._blocks) + len(self._untranslatable) >= MAX_BLOCKS:
+            self.clear()
+        user = cpu.cpl == 3
+        code = mmu.fetch_bytes(linear, _PAGE - (linear & 0xFFF), user)
+        bits = cpu.code_bits
+        if mmu.memory.contains(paddr, len(code)):
+            instrs = scan(code, rip, bits, None if bits == 64 else cpu.segs[CS].limit)
+        else:
+            instrs = []  # code in MMIO (a ROM device): every fetch must reach the device
+        ppn = paddr >> 12
+        mmu.watch_code_page(ppn)
+        if not instrs:
+            self._untranslatable.add(key)
+            self._stops.setdefault(ppn, []).append(key)
+            return None
+        length = sum(ins.length for ins in instrs)
+        fn = generate(instrs, rip, cpu, mmu, self.io, self._smc, self.counters)
+        block = Block(fn, key, paddr, bytes(code[:length]), linear >> 12)
+        self._blocks[key] = block
+        self._pages.setdefault(ppn, []).append(block)
+        self.counters.blocks_translated += 1
+        return block
+
+    def _on_code_write(self, ppn: int) -> None:
+        """The guest stored into page `ppn`, which holds translations: drop the ones whose bytes changed."""
+        blocks = self._pages.pop(ppn, [])
+        memory = self.mmu.memory
+        keep = []
+        dropped = 0
+        for block in blocks:
+            if memory.read(block.paddr, len(block.raw)) == block.raw:
+                keep.append(block)
+            else:
+                block.valid = False
+                del self._blocks[block.key]
+                dropped += 1
+        if dropped:
+            self.counters.invalidations += dropped
+            self._smc[0] = 1
+        # An untranslatable start may have become translatable: forget those, they are cheap to redo.
+        for key in self._stops.pop(ppn, ()):
+            self._untranslatable.discard(key)
+        if keep:
+            self._pages[ppn] = keep
+        else:
+            self.mmu.unwatch_code_page(ppn)
+
+    def clear(self) -> None:
+        """Drop every translation and stop watching their pages."""
+        for block in self._blocks.values():
+            block.valid = False
+        for ppn in set(self._pages) | set(self._stops):
+            self.mmu.unwatch_code_page(ppn)
+        self._blocks.clear()
+        self._pages.clear()
+        self._untranslatable.clear()
+        self._stops.clear()
