@@ -244,3 +244,32 @@ def test_fault_while_delivering_double_fault_is_a_triple_fault():
 
 def test_exception_kind_constants():
     assert KIND_EXCEPTION == 0 and interrupts.KIND_NMI == 3
+
+
+def test_16bit_interrupt_gate_pushes_words():
+    mem, cpu, mmu = machine()
+    mem.write_u64(IDT + 8 * 0x22, gate(K_CODE, 0x12345, 0x86))   # 16-bit interrupt gate: offset is 16 bits
+    flags = cpu.rflags
+    deliver(cpu, mmu, 0x22, None, KIND_EXTERNAL, 0xABCD)
+    assert (cpu.rip, cpu.regs[RSP]) == (0x2345, 0x8000 - 6)
+    assert stack(mem, 0x8000 - 6, 3, 2) == [0xABCD, K_CODE, flags & 0xFFFF]
+    segments.interrupt_return(cpu, mmu, 2)
+    assert (cpu.rip, cpu.regs[RSP], cpu.rflags) == (0xABCD, 0x8000, flags)
+
+
+def test_64bit_call_gate_to_ring0_and_retf_back():
+    mem, cpu, mmu = machine(long_mode=True, cpl=3)
+    gate_sel = 0x48
+    mem.write_u64(GDT + gate_sel, gate(K_CODE64, 0x5000, 0xEC))   # 64-bit call gate, DPL 3
+    mem.write_u64(GDT + gate_sel + 8, 0)                            # upper half: offset 63:32, type 0
+    cpu.regs[RSP] = 0x7FF8
+    segments.far_call(cpu, mmu, gate_sel | 3, 0, 8, 0x401234)
+    assert (cpu.cpl, cpu.rip, cpu.segs[SS].selector, cpu.regs[RSP]) == (0, 0x5000, 0, 0x9000 - 32)
+    assert stack(mem, 0x9000 - 32, 4, 8) == [0x401234, U_CODE64, 0x7FF8, U_DATA]
+    segments.far_return(cpu, mmu, 8, 0)
+    assert (cpu.cpl, cpu.rip, cpu.regs[RSP], cpu.segs[SS].selector) == (3, 0x401234, 0x7FF8, U_DATA)
+    # A 32-bit gate type in the upper half is rejected.
+    mem.write_u64(GDT + gate_sel + 8, 0xC << 40)
+    with pytest.raises(GuestFault) as info:
+        segments.far_call(cpu, mmu, gate_sel | 3, 0, 8, 0)
+    assert (info.value.vector, info.value.error_code) == (GP, gate_sel)

@@ -353,8 +353,10 @@ class Mmu:
         mapping, host = self._ram(paddr)
         if mapping is not None:
             return _UNPACK[size](mapping, host)[0]
-        self.stats["mmio_reads"] += 1
-        return self.mmio.read(paddr, size) & _MASK[size]
+        if size in _STRUCTS:
+            self.stats["mmio_reads"] += 1
+            return self.mmio.read(paddr, size) & _MASK[size]
+        return int.from_bytes(self._phys_read_bytes(paddr, size), "little")
 
     def _phys_read_bytes(self, paddr: int, n: int) -> bytes:
         """`n` bytes within one page."""
@@ -368,9 +370,13 @@ class Mmu:
         mapping, host = self._ram(paddr)
         if mapping is not None:
             _PACK[size](mapping, host, value)
-        else:
+        elif size in _STRUCTS:
             self.stats["mmio_writes"] += 1
             self.mmio.write(paddr, size, value)
+        else:
+            # Devices see 1/2/4/8-byte accesses only; odd sizes (x87 m80, SSE m128) go bytewise.
+            self._phys_write_bytes(paddr, value.to_bytes(size, "little"))
+            return
         self._after_write(paddr, size)
 
     def _phys_write_bytes(self, paddr: int, data: bytes) -> None:
