@@ -114,7 +114,7 @@ GUESTS: dict[str, Guest] = {
         ),
         _guest(
             "privilege",
-            "back_in_ring0 ring3_cpl int80_handler_cpl int80_caller_cs int80_caller_ss int80_caller_esp"
+            "back_in_ring0 ring3_cpl iret_nulls_ring0_ds int80_handler_cpl int80_caller_cs int80_caller_ss int80_caller_esp"
             " int80_stack_from_tss int80_return_value cli_gp_error cli_gp_eip cli_gp_from_ring3 hlt_gp"
             " mov_cr3_gp int_dpl0_gate_vector int_dpl0_gate_error",
         ),

@@ -3,7 +3,9 @@
 ;   through a DPL-3 interrupt gate switches to the ring-0 stack from the TSS
 ;   (ESP0/SS0) and pushes the ring-3 SS:ESP; CLI, HLT and MOV CR3 in ring 3
 ;   raise #GP(0); INT 0x81 through a DPL-0 gate raises #GP(0x81 * 8 + 2).
-;   Ring 3 cannot write COM1 (IOPL 0), so it records and ring 0 reports.
+;   IRET to an outer ring loads the null selector into a data segment register
+;   whose DPL is below the new CPL (SDM Vol. 2A IRET), so ring 3 finds DS = 0
+;   and loads its own. Ring 3 cannot write COM1 (IOPL 0): it records, ring 0 reports.
 %include "lib.inc"
 
 %define USER_STACK_TOP  0x380000
@@ -33,6 +35,7 @@ back_in_ring0:
         movzx eax, ax
         CHECK "privilege.back_in_ring0", eax, SEL_CODE32
         CHECK "privilege.ring3_cpl", [r3_cpl], 3
+        CHECK "privilege.iret_nulls_ring0_ds", [r3_ds_after_iret], 0
         CHECK "privilege.int80_handler_cpl", [sys_cpl], 0
         CHECK "privilege.int80_caller_cs", [sys_caller_cs], SEL_CODE32_R3
         CHECK "privilege.int80_caller_ss", [sys_caller_ss], SEL_DATA32_R3
@@ -51,6 +54,12 @@ back_in_ring0:
 
 ; --- ring 3 ------------------------------------------------------------------
 ring3_entry:
+        mov bx, ds
+        movzx ebx, bx
+        mov ax, SEL_DATA32_R3
+        mov ds, ax
+        mov es, ax
+        mov [r3_ds_after_iret], ebx
         mov ax, cs
         and eax, 3
         mov [r3_cpl], eax
@@ -129,6 +138,7 @@ return_to_ring0:
         align 4
 kernel_esp:         dd 0
 r3_cpl:             dd -1
+r3_ds_after_iret:   dd -1
 r3_syscall_result:  dd 0
 r3_cli_error:       dd -1
 r3_cli_eip:         dd 0
