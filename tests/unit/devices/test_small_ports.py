@@ -103,3 +103,14 @@ def test_i8042_output_port_reset_and_a20(irq):
     kbc.write(4, 1, 0xD1)
     kbc.write(0, 1, 0x02)  # bit 0 clear: reset
     assert resets == [True] and a20 == [False, True]
+
+
+def test_i8042_one_edge_per_byte(irq):
+    _, bus, _ = kbc_on_bus(irq)
+    bus.write(0x60, 1, 0xF2)  # three bytes queued: FA AB 83
+    assert irq.raised == 1
+    bus.read(0x60, 1)
+    bus.read(0x60, 1)
+    assert irq.raised == 3
+    bus.read(0x60, 1)
+    assert not irq.level

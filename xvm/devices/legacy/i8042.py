@@ -169,6 +169,10 @@ class I8042:
         if not self._queue:
             return 0x00
         value, _ = self._queue.popleft()
+        # Reading empties the output buffer, so IRQ 1/12 drop; the next queued
+        # byte raises them again, a fresh edge for the PIC. Linux's
+        # i8042_interrupt() takes one byte per interrupt and relies on it.
+        self._set_irqs(False, False)
         self._update_irqs()
         return value
 
@@ -258,8 +262,12 @@ class I8042:
 
     def _update_irqs(self) -> None:
         head_aux = self._queue[0][1] if self._queue else None
-        kbd = head_aux is False and bool(self._ctr & I8042_CTR_KBDINT)
-        aux = head_aux is True and bool(self._ctr & I8042_CTR_AUXINT)
+        self._set_irqs(
+            head_aux is False and bool(self._ctr & I8042_CTR_KBDINT),
+            head_aux is True and bool(self._ctr & I8042_CTR_AUXINT),
+        )
+
+    def _set_irqs(self, kbd: bool, aux: bool) -> None:
         if kbd != self._kbd_irq_level:
             self._kbd_irq_level = kbd
             self._kbd_irq.set_level(kbd)
