@@ -172,3 +172,23 @@ def test_timers_and_bounds(machine):
     router.irq_line(-3).set_level(True)
     with pytest.raises(ValueError):
         router.bind_cpu(2)
+
+
+def test_uart_interrupt_through_the_router(machine):
+    """COM1's THRE interrupt reaches CPU 0 as vector 0x34 through the PIC in virtual-wire mode."""
+    from xvm.devices.legacy.uart8250 import Uart8250
+
+    router, pio, _, _, _ = machine
+    init_pic(pio)
+    uart = Uart8250(router.irq_line(layout.IRQ_COM1), lambda data: None)
+    pio.insert(uart, layout.PORT_COM1, 8)
+    pio.write(0x3FC, 1, 0x0B)  # MCR: DTR | RTS | OUT2
+    pio.write(0x3F9, 1, 0x03)  # IER: RDI | THRI
+    assert router.acknowledge(0) == 0x34
+    assert pio.read(0x3FA, 1) & 0x0F == 0x02  # the handler reads IIR: THRE
+    assert pio.read(0x3FA, 1) & 0x01
+    pio.write(0x20, 1, 0x20)
+    uart.receive(b"x")  # console thread
+    assert router.pending(0)
+    assert router.acknowledge(0) == 0x34
+    assert pio.read(0x3F8, 1) == ord("x")
