@@ -29,7 +29,7 @@ def _elapsed(seconds: float) -> str:
 class Progress:
     """One stage at a time, rendered live on a tty or as periodic plain lines."""
 
-    def __init__(self, stream: Optional[TextIO] = None, interval: float = 15.0, live: Optional[bool] = None) -> None:
+    def __init__(self, stream: Optional[TextIO] = None, interval: float = 30.0, live: Optional[bool] = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.live = self.stream.isatty() if live is None else live
         self.interval = interval
