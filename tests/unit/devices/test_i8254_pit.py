@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from xvm.devices.clock import NS_PER_SEC, VirtualClock
-from xvm.devices.legacy.i8254_pit import PIT_HZ, I8254Pit
+from xvm.devices.legacy.i8254_pit import PIT_HZ, I8254Pit, SystemControlPortB
 
 
 def make(irq):
     clock = VirtualClock(0)
-    return I8254Pit(irq, clock), clock
+    pit = I8254Pit(irq, clock)
+    pit.port_b = SystemControlPortB(pit)  # the test's handle on port 0x61
+    return pit, clock
 
 
 def ns_for(ticks):

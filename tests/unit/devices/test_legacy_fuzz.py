@@ -9,7 +9,7 @@ from xvm.bus.irq import MsiMessage, NullIrqLine
 from xvm.devices.clock import VirtualClock
 from xvm.devices.legacy.debug_exit import DebugExit
 from xvm.devices.legacy.i8042 import I8042
-from xvm.devices.legacy.i8254_pit import I8254Pit
+from xvm.devices.legacy.i8254_pit import I8254Pit, SystemControlPortB
 from xvm.devices.legacy.interrupts import InterruptRouter
 from xvm.devices.legacy.mc146818_rtc import Mc146818Rtc
 from xvm.devices.legacy.post_code import PostCode
@@ -87,9 +87,10 @@ def test_small_ports(sequence):
 def test_pit(sequence):
     clock = VirtualClock()
     pit = I8254Pit(NullIrqLine(), clock)
+    port_b = SystemControlPortB(pit)
 
     def extra(value):
-        pit.port_b.write(0, 1, value & 0xFF)
+        port_b.write(0, 1, value & 0xFF)
         deadline = pit.next_deadline()
         assert deadline is None or deadline > 0
 

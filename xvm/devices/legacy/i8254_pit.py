@@ -23,7 +23,7 @@ at the next reload, as in QEMU.
 
     pit = I8254Pit(irq0, clock)
     pio.insert(pit, PORT_I8254_PIT, 4)
-    pio.insert(pit.port_b, PORT_SYSTEM_CONTROL_B, 1)
+    pio.insert(SystemControlPortB(pit), PORT_SYSTEM_CONTROL_B, 1)
 """
 
 from __future__ import annotations
@@ -220,7 +220,6 @@ class I8254Pit:
         self._channels = (_Channel(True), _Channel(True), _Channel(False))
         self._irq_level = False
         self._last_tick_ns = clock.now_ns()
-        self.port_b = SystemControlPortB(self)
 
     # --- BusDevice -------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
