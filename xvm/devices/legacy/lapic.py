@@ -245,6 +245,8 @@ class Lapic:
     # --- interrupt acceptance and the CPU side -----------------------------------------
     def accept(self, message: ApicMessage) -> None:
         """Take a message from the APIC bus (IOAPIC, MSI, another APIC's IPI)."""
+        if not self.hw_enabled:
+            return  # a globally disabled APIC is off the bus (SDM 11.4.3)
         mode = message.delivery_mode
         if mode in (APIC_DM_FIXED, APIC_DM_LOWEST):
             self._request(message.vector & 0xFF, message.level_triggered)
