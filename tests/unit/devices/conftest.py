@@ -6,18 +6,16 @@ import pytest
 
 
 class RecordingIrq:
-    """IrqLine fake: current level, number of rising edges, full history."""
+    """IrqLine fake: current level and number of rising edges."""
 
     def __init__(self) -> None:
         self.level = False
         self.raised = 0
-        self.history: list = []
 
     def set_level(self, high: bool) -> None:
         if high and not self.level:
             self.raised += 1
         self.level = high
-        self.history.append(high)
 
 
 @pytest.fixture
