@@ -1,0 +1,114 @@
+"""The bt interpreter: fetch, decode and execute one guest instruction.
+
+    execute_one(cpu, mmu, io)      # one instruction at CS:RIP, cpu.icount += 1
+    disassemble_at(cpu, mmu)       # "f000:fff0  ea 5b e0 00 f0  jmp 0F000h:0E05Bh"
+
+The decoder (decoder/decoder.py) and the handlers (ops/*.py) are bound once,
+here, by handler name: each table row's `fn` is the function registered for
+it, so dispatch is `ins.fn(cpu, mmu, ins, io)` with no lookup at run time.
+The translator (translate/) runs the same handlers from the same decoded
+instructions; this interpreter is the reference path and single-stepper.
+
+Precise faults (STYLE.md 10; Blink `RestoreIp`): a handler may raise
+GuestFault at any point; execute_one then restores RIP, RSP and RFLAGS to
+their values before the instruction and re-raises for the run loop to
+deliver. Handlers do their memory accesses before committing register
+results, so nothing else needs undoing; REP string instructions keep the
+progress of completed iterations, as the SDM specifies.
+
+Decoded instructions are cached by physical address and code size, and a
+hit is validated against the freshly fetched bytes, so self-modifying code
+never runs a stale decode even without write tracking.
+"""
+
+from __future__ import annotations
+
+from xvm.engines.bt.decoder.decoder import OPDEFS, Instr, NeedMoreBytes, decode
+from xvm.engines.bt.decoder.disasm import format_instr
+from xvm.engines.bt.faults import GP, GuestFault
+from xvm.engines.bt.ops import alu, flow, sse, string, system  # noqa: F401 - registers the handlers
+from xvm.engines.bt.ops import io as port_io  # noqa: F401 - registers the handlers
+from xvm.engines.bt.ops.common import HANDLERS
+from xvm.engines.bt.state import CS, MODE_LONG, RSP, CpuState
+
+PAGE = 4096
+MAX_LENGTH = 15
+ACCESS_EXEC = 2
+_CACHE_LIMIT = 1 << 16
+_IP_MASK = {16: 0xFFFF, 32: 0xFFFFFFFF, 64: 0xFFFFFFFFFFFFFFFF}
+
+
+def _bind() -> None:
+    """Attach each table row's handler; a row without one would be a silent #UD, so refuse it."""
+    missing = [d.handler for d in OPDEFS if d.handler not in HANDLERS]
+    if missing:
+        raise RuntimeError(f"opcode table rows without handlers: {missing}")
+    for d in OPDEFS:
+        d.fn = HANDLERS[d.handler]
+
+
+_bind()
+
+_cache: dict[int, Instr] = {}
+
+
+def code_linear(cpu: CpuState) -> int:
+    """Linear address of CS:RIP."""
+    if cpu.mode == MODE_LONG:
+        return cpu.rip
+    return (cpu.segs[CS].base + cpu.rip) & 0xFFFFFFFF
+
+
+def fetch_decode(cpu: CpuState, mmu) -> Instr:
+    """Decode the instruction at CS:RIP through the MMU (instruction fetch permissions, #PF, CS limit)."""
+    bits = cpu.code_bits
+    linear = code_linear(cpu)
+    user = cpu.cpl == 3
+    room = PAGE - (linear & (PAGE - 1))
+    code = mmu.fetch_bytes(linear, min(room, MAX_LENGTH), user)
+    key = (mmu.translate(linear, ACCESS_EXEC, user) << 2) | (bits >> 5)
+    ins = _cache.get(key)
+    if ins is None or code[:ins.length] != ins.raw:
+        try:
+            ins = decode(code, bits)
+        except NeedMoreBytes:
+            ins = decode(mmu.fetch_bytes(linear, MAX_LENGTH, user), bits)
+        if len(_cache) >= _CACHE_LIMIT:
+            _cache.clear()
+        _cache[key] = ins
+    if bits != 64 and cpu.rip + ins.length - 1 > cpu.segs[CS].limit:
+        raise GuestFault(GP, 0)
+    return ins
+
+
+def execute_one(cpu: CpuState, mmu, io) -> None:
+    """Execute one instruction at CS:RIP; on a fault restore RIP/RSP/RFLAGS and re-raise."""
+    rip = cpu.rip
+    rsp = cpu.regs[RSP]
+    rflags = cpu.rflags
+    cpu.interrupt_shadow = False
+    try:
+        ins = fetch_decode(cpu, mmu)
+        cpu.rip = (rip + ins.length) & _IP_MASK[cpu.code_bits]
+        ins.fn(cpu, mmu, ins, io)
+    except GuestFault:
+        cpu.rip = rip
+        cpu.regs[RSP] = rsp
+        cpu.rflags = rflags
+        raise
+    cpu.icount += 1
+
+
+def step(cpu: CpuState, mmu, io) -> None:
+    """Alias of execute_one (the name the issue uses)."""
+    execute_one(cpu, mmu, io)
+
+
+def disassemble_at(cpu: CpuState, mmu) -> str:
+    """`cs:rip  bytes  text` for --trace; a fetch fault or invalid opcode is shown, not raised."""
+    where = f"{cpu.segs[CS].selector:04x}:{cpu.rip:0{4 if cpu.code_bits == 16 else 8}x}"
+    try:
+        ins = fetch_decode(cpu, mmu)
+    except GuestFault as fault:
+        return f"{where}  <{fault!r}>"
+    return f"{where}  {ins.raw.hex(' '):<30} {format_instr(ins, cpu.rip + ins.length)}"
