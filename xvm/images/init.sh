@@ -22,11 +22,17 @@ mount -t tmpfs tmpfs /tmp
 hostname xvm
 cd /root
 
-# exit_vm STATUS: write STATUS as one byte at offset 0xF4 (244) of /dev/port, which
-# is an OUT to port 0xF4 (drivers/char/mem.c, write_port); needs CONFIG_DEVPORT.
+# exit_vm STATUS: write STATUS as one byte to I/O port 0xF4. /dev/port offset 244 is
+# an OUT to port 0xF4 (drivers/char/mem.c, write_port; needs CONFIG_DEVPORT). Kernels
+# without /dev/port (Debian's cloud kernel) get xvmexit, xvm's ioperm+OUT program
+# (xvm/images/outb.py). Test -c first: dd would create a plain file /dev/port.
 exit_vm() {
     sync
-    printf "\\$(printf %03o "$1")" | dd of=/dev/port bs=1 seek=244 count=1 conv=notrunc 2>/dev/null
+    if [ -c /dev/port ]; then
+        printf "\\$(printf %03o "$1")" | dd of=/dev/port bs=1 seek=244 count=1 conv=notrunc 2>/dev/null
+    else
+        printf "\\$(printf %03o "$1")" | xvmexit
+    fi
 }
 
 if [ -n "${xvmcmd+set}" ]; then

@@ -18,9 +18,13 @@ from typing import Optional
 from xvm.images.busybox import applets, fetch_busybox
 from xvm.images.cache import atomic_write, cache_dir
 from xvm.images.cpio import CpioWriter
+from xvm.images.outb import outb_elf
 from xvm.images.progress import Progress
 
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
+
+# I/O port of the debug-exit device /init reports the command's status to.
+DEBUG_EXIT_PORT = 0xF4
 
 # (path, mode) in creation order; parents first, as the kernel's unpacker needs.
 DIRECTORIES = (
@@ -62,6 +66,8 @@ def initramfs_bytes(busybox: bytes, applet_paths: Sequence[str], init_script: by
     for path, data in ETC_FILES:
         writer.file(path, data)
     writer.file("bin/busybox", busybox, mode=0o755)
+    # For kernels without /dev/port (CONFIG_DEVPORT), e.g. Debian's cloud kernel.
+    writer.file("bin/xvmexit", outb_elf(DEBUG_EXIT_PORT), mode=0o755)
     writer.file("init", init_script, mode=0o755)
     taken = set(writer.names)
     for applet in sorted(applet_paths):

@@ -29,6 +29,7 @@ sync() { :; }
 cd() { :; }
 setsid() { shift; "$@"; }
 dd() { cat > "$XVM_TEST_PORT"; }
+xvmexit() { cat > "$XVM_TEST_PORT"; }
 reboot() { echo "stub: reboot $*"; }
 poweroff() { echo "stub: poweroff $*"; }
 """
