@@ -292,13 +292,11 @@ class BtVcpu:
             self._kicked = False
             return Interrupted()
         cpu = self.cpu
-        cache = self.cache
+        run_blocks = self.cache.run
         step = self._step
         tracing = self._trace is not None
-        block = None
         while True:
             if cpu.icount >= self._poll_at:
-                block = None
                 stop = self._poll()
                 if stop is not None:
                     return stop
@@ -308,15 +306,9 @@ class BtVcpu:
                     return stop
                 continue
             try:
-                if tracing or cpu.interrupt_shadow or cpu.rflags & RFLAGS_TF:
-                    block = None
-                    step()
-                    continue
-                block = cache.run(block)
-                if block is None:
+                if tracing or cpu.interrupt_shadow or cpu.rflags & RFLAGS_TF or not run_blocks(self):
                     step()
             except GuestFault as fault:
-                block = None
                 stop = self._fault(fault)
                 if stop is not None:
                     return stop
@@ -329,8 +321,9 @@ class BtVcpu:
         if self._trace is not None:
             self._trace(trace_line(cpu, self.mmu))
         interrupts_were_off = not cpu.rflags & RFLAGS_IF
+        before = cpu.icount
         execute_one(cpu, self.mmu, self.io)
-        self.counters.interpreted_instructions += 1
+        self.counters.interpreted_instructions += cpu.icount - before
         if (interrupts_were_off and cpu.rflags & RFLAGS_IF) or cpu.interrupt_shadow or cpu.halted:
             # STI, POPF, IRET... may let a pending interrupt in after the next instruction.
             self._poll_at = 0

@@ -357,3 +357,54 @@ top:
     assert rig.memory.read_u32(0x800) == sum(2 * i for i in range(1, 1001))
     assert rig.vcpu.stats["efficiency"] > 0.95
     assert rig.vcpu.stats["chained"] > 900
+
+
+FAULT_IN_BLOCK = """
+    lgdt [gdtr]
+    lidt [idtr]
+    mov dword [0xa10], faulting
+    mov ebx, 0x18           ; DS: a read-only data segment
+    mov ds, ebx
+    mov eax, 0x7fffffff
+    stc
+    add eax, 1              ; OF, SF, AF set: the flags the fault must leave
+    push eax                ; RSP moved inside the block
+faulting:
+    add [0x900], eax        ; reads, sets flags, then the write faults: #GP(0)
+    mov ecx, 0x1234
+    hlt
+handler:                    ; #GP: record error code, EIP and EFLAGS, skip the instruction
+    pop dword [es:0xa00]
+    mov edx, [es:esp]
+    mov [es:0xa04], edx
+    mov edx, [es:esp+8]
+    mov [es:0xa08], edx
+    mov [es:0xa0c], esp
+    add dword [es:esp], 6
+    iret
+align 8
+gdt: dq 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF, 0x00CF90000000FFFF
+gdtr: dw 4*8-1
+    dd gdt
+idt: times 13 dq 0
+    dw (handler - $$ + 0x1000) & 0xFFFF, 0x08, 0x8E00, (handler - $$ + 0x1000) >> 16
+idtr: dw 14*8-1
+    dd idt
+"""
+
+
+def test_a_fault_inside_a_block_leaves_the_state_of_the_faulting_instruction(rig_factory):
+    interpreted = rig_factory(FAULT_IN_BLOCK, bits=32, trace=True)
+    translated = rig_factory(FAULT_IN_BLOCK, bits=32)
+    for rig in (interpreted, translated):
+        rig.memory.write_u32(0x900, 0x11111111)
+        assert isinstance(rig.run(), Hlt)
+        assert rig.memory.read_u32(0xA00) == 0                       # #GP(0)
+        assert rig.memory.read_u32(0x900) == 0x11111111              # the store did not happen
+        assert rig.vcpu.cpu.regs[1] == 0x1234                        # resumed after it
+    assert translated.memory.read_u32(0xA04) == translated.memory.read_u32(0xA10)   # EIP of the faulting add
+    assert translated.memory.read_u32(0xA08) & 0x8D5 == 0x894   # OF SF AF PF of `add eax, 1`, not of the fault
+    assert _final_state(interpreted) == _final_state(translated)
+    assert translated.vcpu.stats["faults_delivered"] == 1
+    assert translated.vcpu.stats["efficiency"] > 0.5
+

@@ -4,7 +4,9 @@ A block is a straight run of instructions decoded once from guest memory,
 starting at one linear address and ending
 
 * *after* a near control transfer (JMP/Jcc/CALL/RET/LOOP/JrCXZ): the run loop
-  looks up (or follows the chain link to) the block at the new RIP;
+  looks up (or follows the chain link to) the block at the new RIP; and after
+  a REP string instruction, which may stop part-way and point RIP back at
+  itself so that interrupts can come between iterations (SDM Vol. 1 7.3.9.2);
 * *before* a sensitive instruction (below): the interpreter executes it alone,
   with every CPL/IOPL check the SDM gives — trap-and-emulate;
 * before an instruction that crosses the page end or the CS limit, wraps IP,
@@ -45,9 +47,13 @@ FAR_OPERANDS = frozenset(("Ap", "Mp"))
 #: Near control transfers: end the block after themselves.
 BRANCHES = frozenset(("jmp", "call", "ret", "loop", "loope", "loopne", "jcxz", "ja", "jae", "jb", "jbe", "je",
                       "jg", "jge", "jl", "jle", "jne", "jno", "jnp", "jns", "jo", "jp", "js"))
+#: String instructions (the REP-able ones inside blocks).
+STRING_OPS = frozenset(("movsb", "movsw", "stosb", "stosw", "lodsb", "lodsw", "cmpsb", "cmpsw", "scasb", "scasw"))
 #: Instructions that store to memory without a ModRM memory operand; after any
 #: store the block checks whether it hit translated code (self-modifying code).
 IMPLICIT_STORES = frozenset(("push", "pusha", "pushf", "call", "enter", "movsb", "movsw", "stosb", "stosw"))
+#: Instructions that move RSP and touch memory: they may fault after updating RSP.
+STACK_OPS = frozenset(("push", "pop", "pusha", "popa", "pushf", "call", "ret", "enter", "leave"))
 #: SREG encoding of SS (MOV SS / POP SS set the interrupt shadow).
 _SS = 2
 
@@ -72,6 +78,23 @@ def may_store(ins: Instr) -> bool:
     return ins.is_mem or ins.op.mnemonic in IMPLICIT_STORES
 
 
+def may_fault_after_commit(ins: Instr) -> bool:
+    """True when `ins` may fault after changing RSP or RFLAGS (a memory access after the update).
+
+    Such instructions need RSP and RFLAGS saved before them so that a fault
+    leaves the state as it was (execute_one restores the same two).
+    Register-only instructions fault, if at all, before changing anything.
+    """
+    mnemonic = ins.op.mnemonic
+    return ins.is_mem or mnemonic in STACK_OPS or mnemonic in STRING_OPS
+
+
+def ends_block(ins: Instr) -> bool:
+    """True when the block must end after `ins`: a near branch, or a REP string instruction."""
+    mnemonic = ins.op.mnemonic
+    return mnemonic in BRANCHES or (ins.rep != 0 and mnemonic in STRING_OPS)
+
+
 def scan(code: bytes, rip: int, bits: int, cs_limit: Optional[int]) -> list:
     """Decode the block at the start of `code` (the rest of the page): a list of Instr, maybe empty.
 
@@ -92,6 +115,6 @@ def scan(code: bytes, rip: int, bits: int, cs_limit: Optional[int]) -> list:
             break
         out.append(ins)
         pos += ins.length
-        if ins.op.mnemonic in BRANCHES:
+        if ends_block(ins):
             break
     return out

@@ -1,7 +1,7 @@
 """The translation cache: blocks by physical address and mode, chained, kept coherent.
 
     cache = BlockCache(cpu, mmu, io, counters)
-    block = cache.run(previous_block)   # ran the block at CS:RIP, or None: interpret one instruction
+    cache.run(vcpu)      # blocks from CS:RIP until vcpu._poll_at; False: interpret one instruction first
 
 Key. A block is found by (physical address, RIP, CS base, CS limit, code
 size, CPL): the physical address because the same linear address means other
@@ -14,9 +14,9 @@ Chaining. When a block ends with RIP on the same linear page it started on,
 the successor is on the same physical page at the same mode, so the block
 remembers it (two links: taken and fall-through, SDM jump targets being
 direct) and the next run skips the address translation and the dict lookup.
-Links are followed only right after a block ran normally (the run loop
-passes None after anything else: an interrupt, a fault, an interpreted
-instruction), and only to blocks still valid.
+Links are followed only from one block straight to the next inside `run`
+(anything else — an interrupt, a fault, an interpreted instruction — ends
+`run`, and the next call starts with a lookup), and only to valid blocks.
 
 Coherence. Every page holding a block is registered with the soft MMU
 (`watch_code_page`); a store to it calls `on_code_write(ppn)`. The blocks of
@@ -79,50 +79,58 @@ class BlockCache:
         self._stops: dict = {}
         #: Set by on_code_write while a block runs: it returns after the current store.
         self._smc = [0]
-        #: A dummy "previous block" that chains to nothing (after self-modifying code).
-        self._no_chain = Block(None, (), -1, b"", -1)
-        self._no_chain.valid = False
         mmu.on_code_write = self._on_code_write
 
     def __len__(self) -> int:
         return len(self._blocks)
 
-    def run(self, prev: Optional[Block]) -> Optional[Block]:
-        """Run the block at CS:RIP; returns it, or None when the interpreter must take this instruction.
+    def run(self, vcpu) -> bool:
+        """Run translated blocks from CS:RIP until `vcpu._poll_at` instructions have retired.
 
-        `prev` is the block that ran just before with nothing in between (or None).
+        Returns False when the instruction at CS:RIP must go through the
+        interpreter (nothing ran then), True otherwise. Guest faults propagate
+        with the state of the faulting instruction. `vcpu._poll_at` is re-read
+        after every block: kick() and device accesses lower it to stop early.
         """
         cpu = self.cpu
-        rip = cpu.rip
-        if prev is not None:
-            if prev.rip0 == rip:
-                block = prev.next0
-            elif prev.rip1 == rip:
-                block = prev.next1
-            else:
-                block = None
-            if block is not None and block.valid:
-                counters = self.counters
-                counters.cache_hits += 1
-                counters.chained += 1
-                block.fn()
-                if self._smc[0]:
-                    self._smc[0] = 0
-                    return self._no_chain
-                return block
-        block = self._lookup(rip)
+        smc = self._smc
+        block = self._lookup(cpu.rip)
         if block is None:
-            return None
-        if prev is not None and prev.valid and block.vpn == prev.vpn:
-            if prev.rip0 < 0 or prev.next0 is None or not prev.next0.valid:
-                prev.rip0, prev.next0 = rip, block
-            else:
-                prev.rip1, prev.next1 = rip, block
-        block.fn()
-        if self._smc[0]:
-            self._smc[0] = 0
-            return self._no_chain
-        return block
+            return False
+        chained = 0
+        try:
+            while True:
+                block.fn()
+                if smc[0]:
+                    smc[0] = 0
+                    return True
+                if cpu.icount >= vcpu._poll_at:
+                    return True
+                rip = cpu.rip
+                if block.rip0 == rip:
+                    successor = block.next0
+                elif block.rip1 == rip:
+                    successor = block.next1
+                else:
+                    successor = None
+                if successor is not None and successor.valid:
+                    chained += 1
+                    block = successor
+                    continue
+                successor = self._lookup(rip)
+                if successor is None:
+                    return False
+                if block.vpn == successor.vpn:
+                    # Same linear page, same mode: link them (SDM: direct targets); keep
+                    # the first link, let the second slot follow the latest other target.
+                    if block.next0 is None or not block.next0.valid:
+                        block.rip0, block.next0 = rip, successor
+                    else:
+                        block.rip1, block.next1 = rip, successor
+                block = successor
+        finally:
+            self.counters.chained += chained
+            self.counters.cache_hits += chained
 
     def _lookup(self, rip: int) -> Optional[Block]:
         """The block at CS:RIP, translated now if needed; None when it cannot start here."""
@@ -162,7 +170,7 @@ class BlockCache:
             self._stops.setdefault(ppn, []).append(key)
             return None
         length = sum(ins.length for ins in instrs)
-        fn = generate(instrs, rip, cpu, mmu, self.io, self._smc, self.counters)
+        fn = generate(instrs, rip, cpu, mmu, self.io, self._smc)
         block = Block(fn, key, paddr, bytes(code[:length]), linear >> 12)
         self._blocks[key] = block
         self._pages.setdefault(ppn, []).append(block)

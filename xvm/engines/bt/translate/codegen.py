@@ -1,123 +1,133 @@
 """Turning a decoded block into one Python function.
 
-The function the run loop calls for a block of n instructions is straight-line
-code: for each instruction, set RIP past it (what the handler expects: SDM
-RIP-relative addressing, CALL's return address, traps) and call the opcode
-table's handler with the instruction decoded once at translation time. No
-decoding, no dispatch through dicts, no allocation happens per instruction;
-handlers, decoded instructions and RIP values are closure cells (STYLE.md 13):
+The function the run loop calls for a block is straight-line code calling the
+opcode table's handlers with instructions decoded once at translation time.
+No decoding, no dispatch through dicts, no allocation happens per
+instruction; handlers, decoded instructions and RIP values are closure cells
+(STYLE.md 13). Per instruction the code does only what that instruction
+needs (flags computed at translation time from the decoded form):
 
     def block():
-        k = 0
         try:
-            sp = regs[4]              # RSP and RFLAGS before the instruction,
-            fl = cpu.rflags           # restored if it faults (as execute_one does)
-            cpu.rip = e0
-            f0(cpu, mmu, i0, io)
-            k = 1
-            if smc[0]:                # i0 may store: did it hit translated code?
-                cpu.icount += 1
-                return 1
-            sp = regs[4]
-            fl = cpu.rflags
-            cpu.rip = e1
+            f0(cpu, mmu, i0, io)      # mov eax, ebx: nothing else to do
+            sp = regs[4]              # add [esi], eax may fault after setting
+            fl = cpu.rflags           #   RFLAGS: keep RSP/RFLAGS to restore
             f1(cpu, mmu, i1, io)
-        except BaseException:
-            cpu.rip = R[k]            # precise state of the faulting instruction
-            regs[4] = sp
-            cpu.rflags = fl
-            cpu.icount += k           # the instructions before it retired
-            counters.translated_instructions += k
-            raise
-        cpu.icount += 2
-        return 2
+            if smc[0]:                # it stored: did that hit translated code?
+                cpu.rip = e1
+                cpu.icount += 2
+                return
+            cpu.rip = e2              # the last instruction (a branch) and
+            f2(cpu, mmu, i2, io)      #   RIP-relative operands read RIP
+        except Exception as exc:
+            k, saved = L[exc.__traceback__.tb_lineno]
+            ...                       # precise state of instruction k, re-raise
+        cpu.icount += 3
 
-The source depends only on the block's *shape* (length, and after which
-instructions a store check is needed), so it is compiled once per shape and
-every block of that shape is a new closure over its own cells: translating a
-block costs a decode and a closure, not a `compile()`.
+Handlers expect RIP to point past their instruction only when they read it
+(branches, CALL, RIP-relative operands, REP string restarts; every one of
+those is either the block's last instruction or flagged RIP-relative). A
+fault is located by the line it came through — no per-instruction counter
+— and leaves RIP at the faulting instruction, RSP and RFLAGS as before it
+(as execute_one does), and the instructions before it retired.
+
+The source depends only on the block's *shape* (per instruction: saves,
+RIP, store check), so it is compiled once per shape and every block of that
+shape is a new closure over its own cells: translating a block costs a
+decode and a closure, not a `compile()`.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from xvm.engines.bt.translate.blocks import may_store
+from xvm.engines.bt.translate.blocks import may_fault_after_commit, may_store
 
+#: Per-instruction shape bits.
+SAVE = 1    # save RSP/RFLAGS before it (it may fault after changing them)
+RIP = 2     # set RIP past it before the call (it reads RIP)
+CHECK = 4   # check for a store into translated code after it
 #: Compiled factories by block shape.
 _FACTORIES: dict = {}
 
 
 def block_shape(instrs: list) -> tuple:
-    """(length, store-check flags): what the generated source depends on.
+    """The per-instruction bits the generated source depends on."""
+    last = len(instrs) - 1
+    shape = []
+    for k, ins in enumerate(instrs):
+        bits = 0
+        if may_fault_after_commit(ins):
+            bits |= SAVE
+        if k == last or ins.rip_relative:
+            bits |= RIP
+        if k != last and may_store(ins):
+            bits |= CHECK
+        shape.append(bits)
+    return tuple(shape)
 
-    The last instruction needs no check: the block ends after it anyway.
-    """
-    return (len(instrs),) + tuple(may_store(ins) for ins in instrs[:-1])
 
-
-def _source(shape: tuple) -> str:
-    n = shape[0]
-    checks = shape[1:]
-    fs = ", ".join(f"f{k}" for k in range(n))
+def _source(shape: tuple) -> tuple:
+    """(source, {line number: (instruction index, RSP/RFLAGS saved)}) of a factory."""
+    n = len(shape)
+    names = ", ".join(f"f{k}" for k in range(n))
     ins = ", ".join(f"i{k}" for k in range(n))
-    es = ", ".join(f"e{k}" for k in range(n))
+    ends = ", ".join(f"e{k}" for k in range(n))
     lines = [
-        "def factory(cpu, mmu, io, smc, counters, F, I, E, R):",
-        f"    {fs}, = F",
+        "def factory(cpu, mmu, io, smc, F, I, E, R, L):",
+        f"    {names}, = F",
         f"    {ins}, = I",
-        f"    {es}, = E",
+        f"    {ends}, = E",
         "    regs = cpu.regs",
         "    def block():",
-        "        k = 0",
+        "        sp = fl = 0",
         "        try:",
     ]
-    for k in range(n):
-        if k:
-            lines.append(f"            k = {k}")
-            if checks[k - 1]:
-                lines += [
-                    "            if smc[0]:",
-                    f"                cpu.icount += {k}",
-                    f"                counters.translated_instructions += {k}",
-                    f"                return {k}",
-                ]
-        lines += [
-            "            sp = regs[4]",
-            "            fl = cpu.rflags",
-            f"            cpu.rip = e{k}",
-            f"            f{k}(cpu, mmu, i{k}, io)",
-        ]
+    where = {}
+    for k, bits in enumerate(shape):
+        if bits & SAVE:
+            lines += ["            sp = regs[4]", "            fl = cpu.rflags"]
+        if bits & RIP:
+            lines.append(f"            cpu.rip = e{k}")
+        lines.append(f"            f{k}(cpu, mmu, i{k}, io)")
+        where[len(lines)] = (k, bool(bits & SAVE))
+        if bits & CHECK:
+            lines += [
+                "            if smc[0]:",
+                f"                cpu.rip = e{k}",
+                f"                cpu.icount += {k + 1}",
+                "                return",
+            ]
     lines += [
-        "        except BaseException:",
+        "        except Exception as exc:",
+        "            k, saved = L[exc.__traceback__.tb_lineno]",
         "            cpu.rip = R[k]",
-        "            regs[4] = sp",
-        "            cpu.rflags = fl",
+        "            if saved:",
+        "                regs[4] = sp",
+        "                cpu.rflags = fl",
         "            cpu.icount += k",
-        "            counters.translated_instructions += k",
         "            raise",
         f"        cpu.icount += {n}",
-        f"        counters.translated_instructions += {n}",
-        f"        return {n}",
         "    return block",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", where
 
 
-def _factory(shape: tuple) -> Callable:
-    factory = _FACTORIES.get(shape)
-    if factory is None:
+def _factory(shape: tuple) -> tuple:
+    made = _FACTORIES.get(shape)
+    if made is None:
+        source, where = _source(shape)
         namespace: dict = {}
-        exec(compile(_source(shape), f"<bt block shape {shape[0]}>", "exec"), namespace)
-        factory = _FACTORIES[shape] = namespace["factory"]
-    return factory
+        exec(compile(source, f"<bt block {len(shape)}>", "exec"), namespace)
+        made = _FACTORIES[shape] = (namespace["factory"], where)
+    return made
 
 
-def generate(instrs: list, rip: int, cpu, mmu, io, smc: list, counters) -> Callable[[], int]:
-    """The function running `instrs` (decoded from offset `rip` of CS) on `cpu`; returns instructions retired.
+def generate(instrs: list, rip: int, cpu, mmu, io, smc: list) -> Callable[[], None]:
+    """The function running `instrs` (decoded from offset `rip` of CS) on `cpu`.
 
-    It returns early, after the store, when a store set `smc[0]` (the guest
-    wrote to translated code, maybe this very block).
+    It returns early, right after a store, when the store set `smc[0]` (the
+    guest wrote to translated code, maybe this very block).
     """
     starts = []
     ends = []
@@ -125,5 +135,6 @@ def generate(instrs: list, rip: int, cpu, mmu, io, smc: list, counters) -> Calla
         starts.append(rip)
         rip += ins.length
         ends.append(rip)
+    factory, where = _factory(block_shape(instrs))
     fns = tuple(ins.fn for ins in instrs)
-    return _factory(block_shape(instrs))(cpu, mmu, io, smc, counters, fns, tuple(instrs), tuple(ends), tuple(starts))
+    return factory(cpu, mmu, io, smc, fns, tuple(instrs), tuple(ends), tuple(starts), where)
