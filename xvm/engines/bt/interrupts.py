@@ -13,8 +13,8 @@ first and CS, RIP, SS, RSP, RFLAGS change only once every check passed, so a
 fault during delivery leaves the state of the interrupted instruction for
 the next attempt (as hardware does, Bochs `cpu/exception.cc`).
 
-Not implemented: task gates (delivering through one raises #GP(vector)),
-the VME/PVI extensions, and protection keys.
+Task gates switch tasks (segments.task_switch). Not implemented: the
+VME/PVI extensions.
 """
 
 from __future__ import annotations
@@ -52,12 +52,16 @@ from xvm.engines.bt.segments import (
     FLAG_L,
     INT_GATE,
     INT_GATE16,
+    TASK_GATE,
+    TASK_INT,
     TRAP_GATE,
     TRAP_GATE16,
     descriptor_cache,
     load_inner_ss,
     null_segment,
     read_descriptor,
+    task_gate_tss,
+    task_switch,
     tss_stack,
 )
 from xvm.engines.bt.stack import push_frame
@@ -70,6 +74,7 @@ KIND_EXCEPTION, KIND_SOFTWARE, KIND_EXTERNAL, KIND_NMI, KIND_SOFTWARE_EXCEPTION 
 #: Faults (as opposed to traps and aborts): the RFLAGS image they push has RF=1 (SDM Vol. 3 17.3.1.1).
 _FAULT_VECTORS = frozenset((0, 5, 6, 7, 10, 11, 12, 13, 14, 16, 17, 19, 20))
 _WIDTH = {16: 0xFFFF, 32: 0xFFFFFFFF, 64: (1 << 64) - 1}
+_LEGACY_GATES = (TASK_GATE, INT_GATE16, TRAP_GATE16, INT_GATE, TRAP_GATE)
 
 
 def deliver(cpu: CpuState, mmu: Mmu, vector: int, error_code: Optional[int], kind: int, return_rip: int) -> None:
@@ -93,12 +98,17 @@ def deliver(cpu: CpuState, mmu: Mmu, vector: int, error_code: Optional[int], kin
     high = mmu.read(cpu.idtr_base + vector * size + 8, 8, False) if long_mode else 0
     access = (low >> 40) & 0xFF
     gtype = access & 0x1F
-    if gtype not in ((INT_GATE, TRAP_GATE) if long_mode else (INT_GATE16, TRAP_GATE16, INT_GATE, TRAP_GATE)):
-        raise general_protection(idt_code)  # includes task gates: task switches are not implemented
+    if gtype not in ((INT_GATE, TRAP_GATE) if long_mode else _LEGACY_GATES):
+        raise general_protection(idt_code)
     if software and (access >> 5) & 3 < cpu.cpl:
         raise general_protection(idt_code)
     if not access & ACC_P:
         raise segment_not_present(idt_code)
+    if gtype == TASK_GATE:
+        selector = (low >> 16) & 0xFFFF
+        tss_low, tss_addr = task_gate_tss(cpu, mmu, selector, ext)
+        task_switch(cpu, mmu, selector, tss_low, tss_addr, TASK_INT, return_rip, error_code, ext)
+        return
     offset = (low & 0xFFFF) | ((low >> 32) & 0xFFFF0000 if gtype & 8 else 0) | (high & 0xFFFFFFFF) << 32
     target = (low >> 16) & 0xFFFF
     ist = (low >> 32) & 7 if long_mode else 0

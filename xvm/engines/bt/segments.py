@@ -10,8 +10,10 @@ the "shadow descriptor table" of the classic software VMMs.
 Checks and fault codes follow the pseudo-code of MOV, JMP, CALL, RET and
 IRET in SDM Vol. 2 and Bochs `cpu/segment_ctrl_pro.cc`, `call_far.cc`,
 `ret_far.cc`, `iret.cc`. A selector error code is the selector with the RPL
-bits cleared (SDM Vol. 3 6.13). Task switches (JMP/CALL to a TSS or task
-gate, IRET with NT) are not implemented and raise #GP(selector) / #GP(0).
+bits cleared (SDM Vol. 3 6.13). Hardware task switches (JMP/CALL to a TSS
+or task gate, interrupts through task gates, IRET with NT) are implemented
+for 16- and 32-bit TSSs outside IA-32e mode (SDM Vol. 3 7.3), where they
+exist; IA-32e mode has none (#GP).
 
 Real mode loads only change the selector and base (limit and attributes
 are kept: "unreal mode" works); virtual-8086 loads also set a 64 KiB
@@ -358,8 +360,6 @@ def _resolve_far(cpu: CpuState, mmu: Mmu, selector: int) -> tuple:
 def _gate_target(cpu: CpuState, mmu: Mmu, selector: int, low: int, addr: int, access: int) -> tuple:
     """Checks on a call gate and its target: (gate fields, target low, target addr)."""
     code = selector & 0xFFFC
-    if access & 0x1F in (TSS16_AVAIL, TSS_AVAIL, TASK_GATE):
-        raise general_protection(code)  # task switch: not implemented
     dpl = (access >> 5) & 3
     if dpl < cpu.cpl or dpl < selector & 3:
         raise general_protection(code)
@@ -387,6 +387,9 @@ def far_jump(cpu: CpuState, mmu: Mmu, selector: int, offset: int, opsize: int) -
             raise general_protection(selector & 0xFFFC)
         _check_offset(cpu, descriptor_cache(selector, low), offset)
         _commit_cs(cpu, mmu, low, addr, selector, cpl, offset)
+        return
+    if _is_task(cpu, access):
+        _far_task(cpu, mmu, selector, low, addr, access, TASK_JMP, cpu.rip)
         return
     gate, tlow, taddr = _gate_target(cpu, mmu, selector, low, addr, access)
     target, offset = gate[0], gate[1]
@@ -462,6 +465,9 @@ def far_call(cpu: CpuState, mmu: Mmu, selector: int, offset: int, opsize: int, r
         _check_offset(cpu, descriptor_cache(selector, low), offset)
         _push_same_level(cpu, mmu, (cs_sel, return_rip), opsize)
         _commit_cs(cpu, mmu, low, addr, selector, cpl, offset)
+        return
+    if _is_task(cpu, access):
+        _far_task(cpu, mmu, selector, low, addr, access, TASK_CALL, return_rip)
         return
     gate, tlow, taddr = _gate_target(cpu, mmu, selector, low, addr, access)
     target, offset, size, params = gate
@@ -623,7 +629,10 @@ def interrupt_return(cpu: CpuState, mmu: Mmu, opsize: int) -> None:
         _load_real_cs(cpu, cs_sel & 0xFFFF, ip & 0xFFFF)
         return
     if rflags & RFLAGS_NT:
-        raise general_protection(0)  # nested-task return: task switches are not implemented
+        if _long(cpu):
+            raise general_protection(0)  # no task switches in IA-32e mode
+        _task_return(cpu, mmu)
+        return
     ip, cs_sel, flags = read_frame(cpu, mmu, 0, 3, opsize)
     cs_sel &= 0xFFFF
     cpl = cpu.cpl
@@ -650,3 +659,182 @@ def _iret_to_v86(cpu: CpuState, mmu: Mmu, ip: int, cs_sel: int, flags: int) -> N
         cpu.segs[sreg] = SegmentCache(sel, sel << 4, 0xFFFF, 0xF3, 0)
     cpu.regs[RSP] = sp & 0xFFFFFFFF
     _load_real_cs(cpu, cs_sel, ip & 0xFFFF)
+
+
+# --- hardware task switches (SDM Vol. 3 7.3) -------------------------------------
+#: What started a task switch: it decides busy bits, NT and the back link (SDM Vol. 3 Table 7-2).
+TASK_JMP, TASK_CALL, TASK_IRET, TASK_INT = range(4)
+
+#: 32-bit TSS fields (SDM Vol. 3 Figure 7-2).
+TSS32_CR3, TSS32_EIP, TSS32_EFLAGS, TSS32_GPRS, TSS32_SREGS, TSS32_LDT = 0x1C, 0x20, 0x24, 0x28, 0x48, 0x60
+#: 16-bit TSS fields (SDM Vol. 3 Figure 7-11).
+TSS16_IP, TSS16_FLAGS, TSS16_GPRS, TSS16_SREGS, TSS16_LDT = 0x0E, 0x10, 0x12, 0x22, 0x2A
+
+
+def _is_task(cpu: CpuState, access: int) -> bool:
+    """A TSS descriptor or task gate as a JMP/CALL target (they do not exist in IA-32e mode)."""
+    return not _long(cpu) and access & 0x1F in (TSS16_AVAIL, TSS16_BUSY, TSS_AVAIL, TSS_BUSY, TASK_GATE)
+
+
+def _far_task(cpu: CpuState, mmu: Mmu, selector: int, low: int, addr: int, access: int, reason: int,
+              return_rip: int) -> None:
+    """JMP/CALL to a TSS descriptor or through a task gate."""
+    code = selector & 0xFFFC
+    dpl = (access >> 5) & 3
+    if dpl < cpu.cpl or dpl < selector & 3:
+        raise general_protection(code)
+    if access & 0x1F == TASK_GATE:
+        if not access & ACC_P:
+            raise segment_not_present(code)
+        selector = (low >> 16) & 0xFFFF
+        low, addr = task_gate_tss(cpu, mmu, selector, 0)
+    task_switch(cpu, mmu, selector, low, addr, reason, return_rip)
+
+
+def task_gate_tss(cpu: CpuState, mmu: Mmu, selector: int, ext: int) -> tuple:
+    """The TSS a task gate names: a GDT selector of an available TSS, else #GP(selector)."""
+    code = (selector & 0xFFFC) | ext
+    if selector & 4 or not selector & 0xFFFC:
+        raise general_protection(code)
+    low, _, addr = read_descriptor(cpu, mmu, selector, ext=ext)
+    if (low >> 40) & 0x17 != TSS16_AVAIL:  # types 1 and 9: available TSS
+        raise general_protection(code)
+    return low, addr
+
+
+def _task_return(cpu: CpuState, mmu: Mmu) -> None:
+    """IRET with NT=1: switch back to the task in the previous-task link (SDM Vol. 2 IRET)."""
+    link = mmu.read(cpu.tr.base, 2, False)
+    code = link & 0xFFFC
+    if link & 4:
+        raise invalid_tss(code)
+    low, _, addr = read_descriptor(cpu, mmu, link, fault=invalid_tss)
+    if (low >> 40) & 0x17 != TSS16_BUSY:  # types 3 and 0xB: busy TSS
+        raise invalid_tss(code)
+    task_switch(cpu, mmu, link, low, addr, TASK_IRET, cpu.rip)
+
+
+def task_switch(cpu: CpuState, mmu: Mmu, selector: int, low: int, addr: int, reason: int, return_rip: int,
+                error_code: Optional[int] = None, ext: int = 0) -> None:
+    """Save the current task in its TSS and load the task of TSS descriptor `low` (SDM Vol. 3 7.3).
+
+    Faults up to the TR load leave the old task untouched; faults while
+    loading the new task's segments are raised in the new task, as on
+    hardware. `error_code` (interrupts through task gates) is pushed on the
+    new task's stack.
+    """
+    code = (selector & 0xFFFC) | ext
+    access = (low >> 40) & 0xFF
+    if not access & ACC_P:
+        raise segment_not_present(code)
+    new = descriptor_cache(selector, low)
+    is32 = bool(access & 8)
+    if new.limit < (0x67 if is32 else 0x2B):
+        raise invalid_tss(code)
+    busy = bool(access & 2)
+    if reason == TASK_IRET and not busy:
+        raise invalid_tss(code)
+    if reason != TASK_IRET and busy:
+        raise general_protection(code)
+    # Read the whole new TSS before changing anything, so a #PF here is clean.
+    image = mmu.read_bytes(new.base, 0x68 if is32 else 0x2C, False)
+    old = cpu.tr
+    flags = cpu.rflags & ~RFLAGS_NT if reason == TASK_IRET else cpu.rflags
+    _save_task(cpu, mmu, old, flags, return_rip)
+    gdt_old = cpu.gdtr_base + (old.selector & 0xFFF8) + 5
+    if reason in (TASK_JMP, TASK_IRET):
+        mmu.write(gdt_old, 1, mmu.read(gdt_old, 1, False) & ~2, False)
+    if reason in (TASK_CALL, TASK_INT):
+        mmu.write(new.base, 2, old.selector, False)
+        image = old.selector.to_bytes(2, "little") + image[2:]
+    if reason != TASK_IRET:
+        mmu.write(addr + 5, 1, access | 2, False)
+    new.access = access | 2
+    cpu.tr = new
+    cpu.cr0 |= 1 << 3  # CR0.TS: the FPU state belongs to the previous task
+    _load_task(cpu, mmu, image, is32, reason in (TASK_CALL, TASK_INT))
+    if error_code is not None:
+        size = 4 if is32 else 2
+        sp = push_frame(cpu, mmu, cpu.segs[SS], cpu.stack_bits, cpu.regs[RSP] & _WIDTH[cpu.stack_bits],
+                        (error_code,), size, cpu.cpl == 3, ext)
+        cpu.regs[RSP] = (cpu.regs[RSP] & ~_WIDTH[cpu.stack_bits]) | sp
+    if cpu.rip > cpu.segs[CS].limit:
+        raise general_protection(ext)
+
+
+def _save_task(cpu: CpuState, mmu: Mmu, old: SegmentCache, flags: int, rip: int) -> None:
+    """Store the dynamic fields of the outgoing task in its TSS (SDM Vol. 3 7.2.1)."""
+    base = old.base
+    selectors = [cpu.segs[s].selector for s in (ES, CS, SS, DS, FS, GS)]
+    if old.access & 8:
+        fields = [rip, flags] + [cpu.regs[i] for i in range(8)] + selectors
+        mmu.write_bytes(base + TSS32_EIP, b"".join((v & 0xFFFFFFFF).to_bytes(4, "little") for v in fields),
+                        False)
+    else:
+        fields = [rip, flags] + [cpu.regs[i] for i in range(8)] + selectors[:4]
+        mmu.write_bytes(base + TSS16_IP, b"".join((v & 0xFFFF).to_bytes(2, "little") for v in fields), False)
+
+
+def _load_task(cpu: CpuState, mmu: Mmu, image: bytes, is32: bool, nested: bool) -> None:
+    """Load the incoming task's registers, then its LDT and segments; faults there are #TS (SDM Vol. 3 Table 7-1)."""
+    if is32:
+        words = [int.from_bytes(image[i:i + 4], "little") for i in range(0, 0x68, 4)]
+        cr3 = words[TSS32_CR3 // 4]
+        cpu.rip = words[TSS32_EIP // 4]
+        flags = words[TSS32_EFLAGS // 4]
+        for i in range(8):
+            cpu.regs[i] = words[TSS32_GPRS // 4 + i]
+        sels = [words[TSS32_SREGS // 4 + i] & 0xFFFF for i in range(6)]
+        ldt = words[TSS32_LDT // 4] & 0xFFFF
+        if cpu.cr0 & (1 << 31) and cr3 != cpu.cr3:
+            cpu.cr3 = cr3
+            mmu.mode_changed()
+    else:
+        words = [int.from_bytes(image[i:i + 2], "little") for i in range(0, 0x2C, 2)]
+        cpu.rip = words[TSS16_IP // 2]
+        flags = (cpu.rflags & ~0xFFFF) | words[TSS16_FLAGS // 2]
+        for i in range(8):
+            cpu.regs[i] = (cpu.regs[i] & ~0xFFFF) | words[TSS16_GPRS // 2 + i]
+        sels = [words[TSS16_SREGS // 2 + i] for i in range(4)] + [0, 0]
+        ldt = words[TSS16_LDT // 2]
+    cpu.rflags = (flags | 2 | (RFLAGS_NT if nested else 0)) & 0x3F7FD7
+    # The selectors are loaded first, unusable, so a fault below leaves them
+    # visible to the new task's handler (SDM Vol. 3 7.3 step 13).
+    for sreg, sel in enumerate(sels):
+        cpu.segs[sreg] = null_segment(sel)
+    cpu.ldtr = null_segment(ldt)
+    cpu.ldtr.access = LDT
+    if cpu.rflags & RFLAGS_VM:
+        for sreg, sel in enumerate(sels):
+            cpu.segs[sreg] = SegmentCache(sel, sel << 4, 0xFFFF, 0xF3, 0)
+        cpu.refresh_mode()
+        return
+    cpu.cpl = sels[CS] & 3
+    try:
+        load_ldtr(cpu, mmu, ldt)
+        low, addr, _ = _check_task_cs(cpu, mmu, sels[CS])
+        _set_accessed(mmu, addr, (low >> 40) & 0xFF)
+        cpu.segs[CS] = descriptor_cache(sels[CS], low | ACC_ACCESSED << 40)
+        cpu.refresh_mode()
+        for sreg in (SS, DS, ES, FS, GS):
+            load_segment(cpu, mmu, sreg, sels[sreg])
+    except GuestFault as fault:
+        cpu.refresh_mode()
+        if fault.vector == 13:
+            raise invalid_tss(fault.error_code or 0) from fault
+        raise
+
+
+def _check_task_cs(cpu: CpuState, mmu: Mmu, selector: int) -> tuple:
+    """CS of the incoming task: a present code segment whose DPL fits its RPL."""
+    if not selector & 0xFFFC:
+        raise general_protection(0)
+    low, _, addr = read_descriptor(cpu, mmu, selector)
+    access = (low >> 40) & 0xFF
+    dpl = (access >> 5) & 3
+    rpl = selector & 3
+    if access & (ACC_S | ACC_CODE) != ACC_S | ACC_CODE or ((dpl > rpl) if access & ACC_DC else (dpl != rpl)):
+        raise general_protection(selector & 0xFFFC)
+    if not access & ACC_P:
+        raise segment_not_present(selector & 0xFFFC)
+    return low, addr, rpl

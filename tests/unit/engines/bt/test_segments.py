@@ -223,3 +223,61 @@ def test_iret_to_virtual_8086_mode():
     assert cpu.mode == MODE_V86 and cpu.cpl == 3
     assert (cpu.segs[CS].base, cpu.rip, cpu.segs[SS].base, cpu.regs[RSP]) == (0x20000, 0x100, 0x30000, 0xFFE)
     assert [cpu.segs[s].base for s in (ES, DS, FS, GS)] == [0x40000, 0x50000, 0x60000, 0x70000]
+
+
+# --- task switches -------------------------------------------------------------------
+TSS2, TSS2_SEL, TASK_GATE_SEL = 0x3100, 0x68, 0x70
+
+
+def second_task(mem) -> None:
+    """A 32-bit TSS at TSS2 whose task starts at 0x6000 with EAX=0x11111111 and ESP=0x7000."""
+    mem.write_u64(GDT + TSS2_SEL, desc(TSS2, 0x67, 0x89, 0))
+    mem.write_u64(GDT + TASK_GATE_SEL, gate(TSS2_SEL, 0, 0xE5))
+    mem.write_u32(TSS2 + 0x20, 0x6000)
+    mem.write_u32(TSS2 + 0x24, 0x2)
+    mem.write_u32(TSS2 + 0x28, 0x11111111)
+    mem.write_u32(TSS2 + 0x38, 0x7000)
+    for i, sel in enumerate((K_DATA, K_CODE, K_DATA, K_DATA, K_DATA, K_DATA)):
+        mem.write_u32(TSS2 + 0x48 + 4 * i, sel)
+
+
+def test_jmp_to_a_tss_saves_the_old_task_and_swaps_busy_bits():
+    mem, cpu, mmu = machine()
+    second_task(mem)
+    cpu.regs[0] = 0xAAAA
+    cpu.rip = 0x4321  # the executor has moved RIP past the JMP
+    segments.far_jump(cpu, mmu, TSS2_SEL, 0, 4)
+    assert (cpu.rip, cpu.regs[0], cpu.regs[RSP], cpu.tr.selector) == (0x6000, 0x11111111, 0x7000, TSS2_SEL)
+    assert cpu.cr0 & 8  # CR0.TS
+    assert (mem.read_u32(TSS + 0x20), mem.read_u32(TSS + 0x28), mem.read_u32(TSS + 0x38)) == (0x4321, 0xAAAA, 0x8000)
+    assert (mem.read_u64(GDT + TSS_SEL) >> 40) & 0xF == 0x9      # old: available again
+    assert (mem.read_u64(GDT + TSS2_SEL) >> 40) & 0xF == 0xB     # new: busy
+    # Jumping to a busy TSS faults.
+    assert fault_of(segments.far_jump, cpu, mmu, TSS2_SEL, 0, 4) == (GP, TSS2_SEL)
+
+
+def test_call_through_a_task_gate_nests_and_iret_returns():
+    mem, cpu, mmu = machine()
+    second_task(mem)
+    segments.far_call(cpu, mmu, TASK_GATE_SEL, 0, 4, 0x1234)
+    assert cpu.rip == 0x6000 and cpu.rflags & 0x4000                 # NT set
+    assert mem.read_u16(TSS2) == TSS_SEL                              # back link
+    assert (mem.read_u64(GDT + TSS_SEL) >> 40) & 0xF == 0xB          # the caller stays busy
+    segments.interrupt_return(cpu, mmu, 4)
+    assert (cpu.tr.selector, cpu.rip, cpu.regs[RSP]) == (TSS_SEL, 0x1234, 0x8000)
+    assert (mem.read_u64(GDT + TSS2_SEL) >> 40) & 0xF == 0x9
+    assert mem.read_u32(TSS2 + 0x20) == 0x6000                         # EIP after the IRET was saved
+
+
+def test_exception_through_a_task_gate_pushes_its_error_code_on_the_new_stack():
+    from xvm.engines.bt.interrupts import deliver_fault
+
+    mem, cpu, mmu = machine()
+    second_task(mem)
+    cpu.idtr_base, cpu.idtr_limit = 0x2000, 0x7FF
+    mem.write_u64(0x2000 + 8 * 8, gate(TSS2_SEL, 0, 0x85))             # #DF through a task gate
+    mem.write_u64(0x2000 + 8 * 13, gate(K_CODE, 0, 0x0E))              # #GP gate not present -> #NP
+    deliver_fault(cpu, mmu, GuestFault(GP, 0), 0x99)                   # #GP then #NP: double fault
+    assert (cpu.tr.selector, cpu.rip, cpu.regs[RSP]) == (TSS2_SEL, 0x6000, 0x7000 - 4)
+    assert mem.read_u32(0x7000 - 4) == 0
+    assert mem.read_u32(TSS + 0x20) == 0x99
