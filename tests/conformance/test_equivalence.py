@@ -1,0 +1,435 @@
+"""Differential runs: random instruction sequences on kvm (the hardware, the oracle) and on bt.
+
+Hypothesis draws batches of cases. Each case is an initial state (six general
+registers, the arithmetic flags, 64 bytes of data addressed through EBP) and a
+sequence of instructions from the table below. The batch becomes one flat
+32-bit protected-mode program: per case it loads the state, runs the
+sequence, stores the registers and EFLAGS to a result table; at the end it
+writes to port 0xF4. Both engines run the same program from the same state;
+the result tables, the data and a progress word must match, except for flags
+an instruction leaves undefined (SDM Vol. 1 Appendix A), which the generator
+tracks. Instructions that read an undefined flag are never generated, so
+undefined flags cannot leak into registers.
+
+Model: STYLE.md 25 (the hardware is the oracle).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xvm.arch.x86.boot_cpu import protected_32bit_state, setup_protected_mode
+from xvm.engines.base import IoOut, VcpuExit
+from xvm.memory.guest_memory import GuestMemory
+
+# --- EFLAGS bits (SDM Vol. 1 3.4.3) -----------------------------------------------
+CF, PF, AF, ZF, SF, OF = 0x001, 0x004, 0x010, 0x040, 0x080, 0x800
+ARITH = CF | PF | AF | ZF | SF | OF
+LOGIC_DEFINED = CF | PF | ZF | SF | OF            # AND/OR/XOR/TEST: AF undefined
+#: Flags each condition code (cc of Jcc/SETcc/CMOVcc) reads, by cc (SDM Vol. 1 Table B-1).
+CC_READS = (OF, OF, CF, CF, ZF, ZF, CF | ZF, CF | ZF, SF, SF, PF, PF, SF | OF, SF | OF, ZF | SF | OF, ZF | SF | OF)
+
+# --- Guest layout ------------------------------------------------------------------
+RAM = 4 << 20
+STACK_TOP = 0x9000
+DATA = 0x40000                                  # CASE_DATA bytes per case, EBP points here
+RESULTS = 0x80000                               # RESULT_SIZE bytes per case
+PROGRESS = 0x3F000                              # index of the case being run
+CODE = 0x100000
+CASE_DATA = 64
+RESULT_SIZE = 32                                # EAX ECX EDX EBX ESI EDI, EFLAGS, pad
+DEBUG_EXIT_PORT = 0xF4
+#: Register codes a sequence may write: EAX ECX EDX EBX ESI EDI (never ESP/EBP).
+REGS = (0, 1, 2, 3, 6, 7)
+REG_NAMES = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+
+
+def modrm(mod: int, reg: int, rm: int) -> int:
+    return (mod << 6) | (reg << 3) | rm
+
+
+class Insn(NamedTuple):
+    """One generated instruction: its bytes, text, and flags effect."""
+
+    code: bytes
+    text: str
+    defines: int = 0         # flags it leaves defined
+    undefines: int = 0       # flags it leaves undefined
+    reads: int = 0           # flags it reads
+
+
+#: Draws an instruction from Hypothesis' `draw`.
+Template = Callable[[Callable], Insn]
+
+_ALU = (  # (opcode /digit, name, defined flags, undefined flags, reads)
+    (0, "add", ARITH, 0, 0), (1, "or", LOGIC_DEFINED, AF, 0), (2, "adc", ARITH, 0, CF),
+    (3, "sbb", ARITH, 0, CF), (4, "and", LOGIC_DEFINED, AF, 0), (5, "sub", ARITH, 0, 0),
+    (6, "xor", LOGIC_DEFINED, AF, 0), (7, "cmp", ARITH, 0, 0),
+)
+_reg = st.sampled_from(REGS)
+_any8 = st.integers(0, 7)                       # AL CL DL BL AH CH DH BH: all safe to write
+_disp = st.integers(0, CASE_DATA - 4)
+_imm32 = st.integers(0, 0xFFFFFFFF)
+_imm8 = st.integers(0, 0xFF)
+
+
+def _alu_rr(draw: Callable) -> Insn:
+    digit, name, defines, undefines, reads = draw(st.sampled_from(_ALU))
+    dst, src = draw(_reg), draw(_reg)
+    return Insn(bytes((digit * 8 + 1, modrm(3, src, dst))), f"{name} {REG_NAMES[dst]}, {REG_NAMES[src]}",
+                defines, undefines, reads)
+
+
+def _alu_rr8(draw: Callable) -> Insn:
+    digit, name, defines, undefines, reads = draw(st.sampled_from(_ALU))
+    dst, src = draw(_any8), draw(_any8)
+    return Insn(bytes((digit * 8, modrm(3, src, dst))), f"{name} r8({dst}), r8({src})", defines, undefines, reads)
+
+
+def _alu_rr16(draw: Callable) -> Insn:
+    digit, name, defines, undefines, reads = draw(st.sampled_from(_ALU))
+    dst, src = draw(_reg), draw(_reg)
+    return Insn(bytes((0x66, digit * 8 + 1, modrm(3, src, dst))), f"{name} r16({dst}), r16({src})",
+                defines, undefines, reads)
+
+
+def _alu_mem(draw: Callable) -> Insn:
+    """ALU with a memory operand [EBP + disp8], as destination or as source."""
+    digit, name, defines, undefines, reads = draw(st.sampled_from(_ALU))
+    reg, disp, to_memory = draw(_reg), draw(_disp), draw(st.booleans())
+    opcode = digit * 8 + (1 if to_memory else 3)
+    text = f"{name} [ebp+{disp}], {REG_NAMES[reg]}" if to_memory else f"{name} {REG_NAMES[reg]}, [ebp+{disp}]"
+    return Insn(bytes((opcode, modrm(1, reg, 5), disp)), text, defines, undefines, reads)
+
+
+def _alu_imm(draw: Callable) -> Insn:
+    digit, name, defines, undefines, reads = draw(st.sampled_from(_ALU))
+    dst = draw(_reg)
+    if draw(st.booleans()):
+        imm = draw(_imm32)
+        return Insn(bytes((0x81, modrm(3, digit, dst))) + struct.pack("<I", imm),
+                    f"{name} {REG_NAMES[dst]}, {imm:#x}", defines, undefines, reads)
+    imm = draw(_imm8)
+    return Insn(bytes((0x83, modrm(3, digit, dst), imm)), f"{name} {REG_NAMES[dst]}, sx({imm:#x})",
+                defines, undefines, reads)
+
+
+def _test(draw: Callable) -> Insn:
+    dst, src = draw(_reg), draw(_reg)
+    return Insn(bytes((0x85, modrm(3, src, dst))), f"test {REG_NAMES[dst]}, {REG_NAMES[src]}", LOGIC_DEFINED, AF)
+
+
+def _unary(draw: Callable) -> Insn:
+    """INC/DEC (CF kept), NEG (all defined), NOT (none), MUL/IMUL (only CF, OF defined)."""
+    opcode, digit, name, defines, undefines = draw(st.sampled_from((
+        (0xFF, 0, "inc", ARITH & ~CF, 0), (0xFF, 1, "dec", ARITH & ~CF, 0), (0xF7, 3, "neg", ARITH, 0),
+        (0xF7, 2, "not", 0, 0), (0xF7, 4, "mul", CF | OF, PF | AF | ZF | SF),
+        (0xF7, 5, "imul", CF | OF, PF | AF | ZF | SF),
+    )))
+    reg = draw(_reg)
+    return Insn(bytes((opcode, modrm(3, digit, reg))), f"{name} {REG_NAMES[reg]}", defines, undefines)
+
+
+def _imul_forms(draw: Callable) -> Insn:
+    dst, src = draw(_reg), draw(_reg)
+    if draw(st.booleans()):
+        return Insn(bytes((0x0F, 0xAF, modrm(3, dst, src))), f"imul {REG_NAMES[dst]}, {REG_NAMES[src]}",
+                    CF | OF, PF | AF | ZF | SF)
+    imm = draw(_imm8)
+    return Insn(bytes((0x6B, modrm(3, dst, src), imm)), f"imul {REG_NAMES[dst]}, {REG_NAMES[src]}, sx({imm:#x})",
+                CF | OF, PF | AF | ZF | SF)
+
+
+def _shift(draw: Callable) -> Insn:
+    """SHL/SHR/SAR/ROL/ROR r32, imm8: count masked to 5 bits; OF defined only for a count of 1."""
+    digit, name = draw(st.sampled_from(((4, "shl"), (5, "shr"), (7, "sar"), (0, "rol"), (1, "ror"))))
+    reg, imm = draw(_reg), draw(_imm8)
+    count = imm & 31
+    code = bytes((0xC1, modrm(3, digit, reg), imm))
+    text = f"{name} {REG_NAMES[reg]}, {imm}"
+    if count == 0:
+        return Insn(code, text)
+    overflow = (OF, 0) if count == 1 else (0, OF)
+    if name in ("rol", "ror"):
+        return Insn(code, text, CF | overflow[0], overflow[1])
+    return Insn(code, text, CF | PF | ZF | SF | overflow[0], AF | overflow[1])
+
+
+def _move(draw: Callable) -> Insn:
+    """MOV forms, LEA with SIB, XCHG, BSWAP, MOVZX/MOVSX, CDQ/CWDE: no flags."""
+    kind = draw(st.integers(0, 7))
+    dst, src = draw(_reg), draw(_reg)
+    if kind == 0:
+        return Insn(bytes((0x89, modrm(3, src, dst))), f"mov {REG_NAMES[dst]}, {REG_NAMES[src]}")
+    if kind == 1:
+        imm = draw(_imm32)
+        return Insn(bytes((0xB8 + dst,)) + struct.pack("<I", imm), f"mov {REG_NAMES[dst]}, {imm:#x}")
+    if kind == 2:
+        disp, store = draw(_disp), draw(st.booleans())
+        if store:
+            return Insn(bytes((0x89, modrm(1, src, 5), disp)), f"mov [ebp+{disp}], {REG_NAMES[src]}")
+        return Insn(bytes((0x8B, modrm(1, dst, 5), disp)), f"mov {REG_NAMES[dst]}, [ebp+{disp}]")
+    if kind == 3:
+        scale, disp = draw(st.integers(0, 3)), draw(_imm8)
+        sib = (scale << 6) | (src << 3) | draw(_reg)
+        return Insn(bytes((0x8D, modrm(1, dst, 4), sib, disp)), f"lea {REG_NAMES[dst]}, [sib {sib:#x} + {disp}]")
+    if kind == 4:
+        return Insn(bytes((0x87, modrm(3, src, dst))), f"xchg {REG_NAMES[dst]}, {REG_NAMES[src]}")
+    if kind == 5:
+        return Insn(bytes((0x0F, 0xC8 + dst)), f"bswap {REG_NAMES[dst]}")
+    if kind == 6:
+        opcode, name = draw(st.sampled_from(((0xB6, "movzx8"), (0xBE, "movsx8"), (0xB7, "movzx16"),
+                                             (0xBF, "movsx16"))))
+        rm = draw(_any8) if opcode in (0xB6, 0xBE) else src
+        return Insn(bytes((0x0F, opcode, modrm(3, dst, rm))), f"{name} {REG_NAMES[dst]}, r({rm})")
+    opcode, name = draw(st.sampled_from(((0x99, "cdq"), (0x98, "cwde"))))
+    return Insn(bytes((opcode,)), name)
+
+
+def _flag_readers(draw: Callable) -> Insn:
+    """SETcc, CMOVcc, CLC/STC/CMC, LAHF/SAHF, BT/BTS/BTR/BTC, XADD."""
+    kind = draw(st.integers(0, 5))
+    dst, src, cc = draw(_reg), draw(_reg), draw(st.integers(0, 15))
+    if kind == 0:
+        reg8 = draw(_any8)
+        return Insn(bytes((0x0F, 0x90 + cc, modrm(3, 0, reg8))), f"set{cc:x} r8({reg8})", reads=CC_READS[cc])
+    if kind == 1:
+        return Insn(bytes((0x0F, 0x40 + cc, modrm(3, dst, src))), f"cmov{cc:x} {REG_NAMES[dst]}, {REG_NAMES[src]}",
+                    reads=CC_READS[cc])
+    if kind == 2:
+        opcode, name, reads = draw(st.sampled_from(((0xF8, "clc", 0), (0xF9, "stc", 0), (0xF5, "cmc", CF))))
+        return Insn(bytes((opcode,)), name, CF, 0, reads)
+    if kind == 3:
+        if draw(st.booleans()):
+            return Insn(b"\x9f", "lahf", reads=CF | PF | AF | ZF | SF)
+        return Insn(b"\x9e", "sahf", CF | PF | AF | ZF | SF)
+    if kind == 4:
+        opcode, name = draw(st.sampled_from(((0xA3, "bt"), (0xAB, "bts"), (0xB3, "btr"), (0xBB, "btc"))))
+        return Insn(bytes((0x0F, opcode, modrm(3, src, dst))), f"{name} {REG_NAMES[dst]}, {REG_NAMES[src]}",
+                    CF, OF | SF | AF | PF)
+    return Insn(bytes((0x0F, 0xC1, modrm(3, src, dst))), f"xadd {REG_NAMES[dst]}, {REG_NAMES[src]}", ARITH)
+
+
+TEMPLATES: tuple[Template, ...] = (
+    _alu_rr, _alu_rr8, _alu_rr16, _alu_mem, _alu_imm, _test, _unary, _imul_forms, _shift, _move, _flag_readers,
+)
+
+
+@dataclass
+class Case:
+    """One initial state and instruction sequence; `defined` = flags comparable at the end."""
+
+    regs: tuple[int, ...]
+    flags: int
+    data: bytes
+    insns: list
+    defined: int
+
+    def describe(self) -> str:
+        regs = " ".join(f"{REG_NAMES[r]}={v:08x}" for r, v in zip(REGS, self.regs))
+        return f"{regs} flags={self.flags:03x}\n    " + "\n    ".join(insn.text for insn in self.insns)
+
+
+@st.composite
+def cases(draw: Callable) -> Case:
+    regs = tuple(draw(_imm32) for _ in REGS)
+    flags = draw(st.integers(0, 0xFFF)) & ARITH
+    data = draw(st.binary(min_size=CASE_DATA, max_size=CASE_DATA))
+    undefined = 0
+    insns = []
+    for _ in range(draw(st.integers(1, 8))):
+        template = draw(st.sampled_from(TEMPLATES))
+        insn = template(draw)
+        if insn.reads & undefined:
+            continue  # it would read a flag an earlier instruction left undefined
+        undefined = (undefined & ~insn.defines) | insn.undefines
+        insns.append(insn)
+    return Case(regs, flags, data, insns, ARITH & ~undefined)
+
+
+def assemble(batch: list) -> bytes:
+    """The flat program for a batch (module docstring)."""
+    code = bytearray()
+    for index, case in enumerate(batch):
+        code += b"\xc7\x05" + struct.pack("<II", PROGRESS, index)          # mov dword [PROGRESS], index
+        code += b"\xbd" + struct.pack("<I", DATA + index * CASE_DATA)       # mov ebp, data
+        for reg, value in zip(REGS, case.regs):
+            code += bytes((0xB8 + reg,)) + struct.pack("<I", value)         # mov reg, value
+        code += b"\x68" + struct.pack("<I", 0x2 | case.flags) + b"\x9d"    # push flags; popfd
+        for insn in case.insns:
+            code += insn.code
+        code += b"\x9c"                                                     # pushfd
+        result = RESULTS + index * RESULT_SIZE
+        for slot, reg in enumerate(REGS):
+            code += bytes((0x89, modrm(0, reg, 5))) + struct.pack("<I", result + 4 * slot)  # mov [result], reg
+        code += b"\x8f\x05" + struct.pack("<I", result + 24)                # pop dword [result + 24]
+    code += b"\xc7\x05" + struct.pack("<II", PROGRESS, len(batch))
+    code += bytes((0xE6, DEBUG_EXIT_PORT))                                  # out 0xf4, al
+    return bytes(code)
+
+
+class Outcome(NamedTuple):
+    progress: int
+    results: bytes
+    data: bytes
+    stop: str
+
+
+def _machine_state(memory: GuestMemory, count: int, stop: str) -> Outcome:
+    progress = struct.unpack("<I", memory.read(PROGRESS, 4))[0]
+    return Outcome(progress, memory.read(RESULTS, count * RESULT_SIZE), memory.read(DATA, count * CASE_DATA), stop)
+
+
+def _load(memory: GuestMemory, batch: list, vcpu) -> None:
+    memory.write(CODE, assemble(batch))
+    memory.write(PROGRESS, b"\xff\xff\xff\xff")
+    memory.write(RESULTS, bytes(len(batch) * RESULT_SIZE))
+    memory.write(DATA, b"".join(case.data for case in batch))
+    setup_protected_mode(memory)
+    regs, sregs = protected_32bit_state(CODE, 0, 0)
+    regs.rsp = STACK_TOP
+    vcpu.set_sregs(sregs)
+    vcpu.set_regs(regs)
+
+
+def _stop_name(exit_: Optional[VcpuExit]) -> str:
+    if isinstance(exit_, IoOut) and exit_.port == DEBUG_EXIT_PORT:
+        return "debug-exit"
+    return repr(exit_)
+
+
+def run_kvm(batch: list) -> Outcome:
+    from xvm.engines.kvm.engine import KvmEngine
+
+    memory = GuestMemory.allocate(RAM)
+    vm = KvmEngine().create_vm(memory, 1)
+    try:
+        vcpu = vm.create_vcpu(0)
+        _load(memory, batch, vcpu)
+        return _machine_state(memory, len(batch), _stop_name(vcpu.run()))
+    finally:
+        vm.close()
+        memory.close()
+
+
+class _BtMachine:
+    """The fakes a bt VM needs: no interrupts, no timers; port 0xF4 stops the run."""
+
+    def __init__(self) -> None:
+        self.vcpu = None
+
+    def __call__(self, exit_: VcpuExit) -> None:
+        if isinstance(exit_, IoOut) and exit_.port == DEBUG_EXIT_PORT and self.vcpu is not None:
+            self.vcpu.kick()
+
+    def pending(self, cpu: int) -> bool:
+        return False
+
+    def acknowledge(self, cpu: int) -> int:
+        raise AssertionError("no interrupt is ever pending")
+
+    def tick(self, now_ns: int) -> None:
+        pass
+
+    def next_deadline(self) -> Optional[int]:
+        return None
+
+
+def run_bt(batch: list) -> Outcome:
+    from xvm.engines.bt.engine import BtEngine
+
+    memory = GuestMemory.allocate(RAM)
+    vm = BtEngine().create_vm(memory, 1)
+    machine = _BtMachine()
+    try:
+        vm.connect(machine, machine, lambda irq: None, None, machine)
+        vcpu = machine.vcpu = vm.create_vcpu(0)
+        _load(memory, batch, vcpu)
+        exit_ = vcpu.run()
+        progress = struct.unpack("<I", memory.read(PROGRESS, 4))[0]
+        stop = "debug-exit" if progress == len(batch) and type(exit_).__name__ == "Interrupted" else repr(exit_)
+        return _machine_state(memory, len(batch), stop)
+    finally:
+        vm.close()
+        memory.close()
+
+
+def compare(batch: list, oracle: Outcome, other: Outcome) -> list:
+    """Differences between two runs of a batch, described per case."""
+    problems = []
+    if (oracle.stop, oracle.progress) != (other.stop, other.progress):
+        problems.append(f"kvm stopped with {oracle.stop} at case {oracle.progress}, "
+                        f"bt with {other.stop} at case {other.progress}")
+    for index, case in enumerate(batch):
+        want = struct.unpack_from("<7I", oracle.results, index * RESULT_SIZE)
+        got = struct.unpack_from("<7I", other.results, index * RESULT_SIZE)
+        lines = [f"{REG_NAMES[reg]}: kvm {w:08x} bt {g:08x}" for reg, w, g in zip(REGS, want, got) if w != g]
+        if (want[6] ^ got[6]) & case.defined:
+            lines.append(f"flags (defined {case.defined:03x}): kvm {want[6]:08x} bt {got[6]:08x}")
+        span = slice(index * CASE_DATA, (index + 1) * CASE_DATA)
+        if oracle.data[span] != other.data[span]:
+            lines.append(f"data: kvm {oracle.data[span].hex()} bt {other.data[span].hex()}")
+        if lines:
+            problems.append(f"case {index}: {case.describe()}\n  " + "\n  ".join(lines))
+    return problems
+
+
+@pytest.mark.kvm
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+@given(batch=st.lists(cases(), min_size=25, max_size=200))
+def test_random_sequences_match_kvm(kvm_available, batch: list) -> None:
+    oracle = run_kvm(batch)
+    assert oracle.stop == "debug-exit" and oracle.progress == len(batch), f"kvm did not finish: {oracle}"
+    problems = compare(batch, oracle, run_bt(batch))
+    assert not problems, "\n".join(problems[:5])
+
+
+def test_generator_tracks_undefined_flags() -> None:
+    """MUL leaves SF/ZF/AF/PF undefined; a following SETcc on them is never generated."""
+
+    @given(cases())
+    @settings(max_examples=200, deadline=None)
+    def check(case: Case) -> None:
+        undefined = 0
+        for insn in case.insns:
+            assert not insn.reads & undefined, case.describe()
+            undefined = (undefined & ~insn.defines) | insn.undefines
+        assert case.defined == ARITH & ~undefined
+
+    check()
+
+
+def _fixed_case(insns: list, regs: tuple = (5, 0, 0, 7, 0, 0), flags: int = 0) -> Case:
+    return Case(regs, flags, bytes(range(CASE_DATA)), insns, ARITH)
+
+
+#: add eax, ebx; mov [ebp+8], eax: a case whose outcome is known.
+KNOWN = _fixed_case([Insn(bytes((0x01, modrm(3, 3, 0))), "add eax, ebx", ARITH),
+                     Insn(bytes((0x89, modrm(1, 0, 5), 8)), "mov [ebp+8], eax")])
+
+
+@pytest.mark.parametrize("engine", ["kvm", "bt"])
+def test_harness_reads_real_results(engine: str, request) -> None:
+    """The harness is not vacuous: a known case leaves known registers, flags and data on each engine."""
+    if engine == "kvm":
+        request.getfixturevalue("kvm_available")
+    outcome = (run_kvm if engine == "kvm" else run_bt)([KNOWN, KNOWN])
+    assert (outcome.stop, outcome.progress) == ("debug-exit", 2), outcome
+    eax, ecx, edx, ebx, esi, edi, flags = struct.unpack_from("<7I", outcome.results, RESULT_SIZE)
+    assert (eax, ebx) == (12, 7)
+    assert flags & ARITH == PF  # 12 = 0b1100: even parity, no carry, not zero
+    assert outcome.data[CASE_DATA + 8:CASE_DATA + 12] == struct.pack("<I", 12)
+
+
+def test_compare_reports_a_difference() -> None:
+    oracle = Outcome(1, struct.pack("<7I", 12, 0, 0, 7, 0, 0, 0x6) + bytes(4), bytes(CASE_DATA), "debug-exit")
+    other = oracle._replace(results=struct.pack("<7I", 13, 0, 0, 7, 0, 0, 0x6) + bytes(4))
+    assert compare([KNOWN], oracle, oracle) == []
+    assert "eax: kvm 0000000c bt 0000000d" in compare([KNOWN], oracle, other)[0]
