@@ -212,7 +212,7 @@ class Mmu:
         """Read `size` bytes (little-endian) at a linear address."""
         entry = (self._tlb_ru if user else self._tlb_rs).get(linear >> 12)
         if entry is not None:
-            offset = linear & PAGE_MASK
+            offset = linear & 0xFFF
             mapping = entry[0]
             if mapping is not None and offset + size <= 0x1000:
                 return _UNPACK[size](mapping, entry[1] + offset)[0]
@@ -222,7 +222,7 @@ class Mmu:
         """Write the low `size` bytes of `value` (little-endian) at a linear address."""
         entry = (self._tlb_wu if user else self._tlb_ws).get(linear >> 12)
         if entry is not None:
-            offset = linear & PAGE_MASK
+            offset = linear & 0xFFF
             mapping = entry[0]
             if mapping is not None and offset + size <= 0x1000:
                 _PACK[size](mapping, entry[1] + offset, value & _MASK[size])
@@ -233,7 +233,7 @@ class Mmu:
         """Instruction fetch of up to `n` bytes: execute permission (NX, SMEP) is checked."""
         entry = (self._tlb_xu if user else self._tlb_xs).get(linear >> 12)
         if entry is not None:
-            offset = linear & PAGE_MASK
+            offset = linear & 0xFFF
             mapping = entry[0]
             if mapping is not None and offset + n <= 0x1000:
                 start = entry[1] + offset
@@ -244,7 +244,7 @@ class Mmu:
         """Read `n` bytes at a linear address (any length, any alignment)."""
         entry = (self._tlb_ru if user else self._tlb_rs).get(linear >> 12)
         if entry is not None:
-            offset = linear & PAGE_MASK
+            offset = linear & 0xFFF
             mapping = entry[0]
             if mapping is not None and offset + n <= 0x1000:
                 start = entry[1] + offset
