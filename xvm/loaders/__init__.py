@@ -12,8 +12,9 @@ kernel, recognises its format, and then, in order:
 4. writes the boot GDT (and page tables for 64-bit entry) and returns the BSP
    registers. Application processors start from INIT/SIPI through the LAPIC.
 
-Formats (the same ones QEMU's `-kernel` takes for these kinds):
-  * Linux bzImage, boot protocol 2.12+ with the 64-bit entry point;
+Formats, tried in QEMU's order (hw/i386/x86.c x86_load_linux):
+  * Linux bzImage, boot protocol 2.12+, entered at its 64-bit entry point;
+  * Linux vmlinux with a PVH entry note (CONFIG_PVH), entered in 32-bit protected mode;
   * multiboot v1: ELF32 or a.out-kludge images, entered in 32-bit protected mode.
 
     guest = load_guest(memory, config.boot, config.cpus)
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from xvm.arch.x86 import layout
 from xvm.arch.x86.acpi import write_acpi_tables
@@ -36,7 +37,7 @@ from xvm.config import BootConfig
 from xvm.errors import LoaderError
 from xvm.loaders.boot_params import build_zero_page
 from xvm.loaders.bzimage import is_bzimage, load_bzimage, parse_bzimage, place_initrd
-from xvm.loaders.elf import is_elf
+from xvm.loaders.elf import ElfImage, is_elf, parse_elf
 from xvm.loaders.multiboot import (
     MULTIBOOT_BOOTLOADER_MAGIC,
     MultibootHeader,
@@ -45,13 +46,20 @@ from xvm.loaders.multiboot import (
     load_multiboot_kernel,
     place_modules,
 )
+from xvm.loaders.pvh import (
+    LINUX_COMMAND_LINE_SIZE,
+    LINUX_INITRD_ADDR_MAX,
+    build_start_info,
+    load_pvh_kernel,
+    pvh_entry,
+)
 from xvm.memory.guest_memory import GuestMemory
 
-__all__ = ["LoadedGuest", "load_guest"]
+__all__ = ["LoadedGuest", "is_linux_kernel", "load_guest"]
 
 _FORMATS = (
-    "xvm boots a Linux bzImage (boot protocol 2.12+, 64-bit) or a multiboot v1 kernel (ELF32 or a.out kludge); "
-    "run `xvm images build` for the default guest"
+    "xvm boots a Linux bzImage (boot protocol 2.12+, 64-bit), a vmlinux built with CONFIG_PVH, or a multiboot v1 "
+    "kernel (ELF32 or a.out kludge); run `xvm images build` for the default guest"
 )
 
 
@@ -59,7 +67,7 @@ _FORMATS = (
 class LoadedGuest:
     """What the loader did: the BSP start state and where kernel and initrd ended up."""
 
-    kind: str  # "linux" or "multiboot"
+    kind: str  # "linux" (bzImage or PVH vmlinux) or "multiboot"
     regs: Regs
     sregs: SpecialRegs
     kernel_range: tuple[int, int]  # guest-physical [start, end) of the kernel, including what it reserves
@@ -83,20 +91,68 @@ def load_guest(memory: GuestMemory, boot: BootConfig, cpus: int) -> LoadedGuest:
         initrd = Path(boot.initrd).read_bytes()
     data = kernel_path.read_bytes()
     e820 = build_e820_map(memory)
+    found = _identify(data, str(kernel_path))
+    if isinstance(found, _Pvh):
+        return _load_pvh(memory, data, found.elf, found.entry, boot, initrd, e820, cpus)
+    if isinstance(found, MultibootHeader):
+        return _load_multiboot(memory, data, found, boot, initrd, e820, cpus)
+    return _load_linux(memory, data, boot, initrd, e820, cpus)
 
+
+def is_linux_kernel(data: bytes) -> bool:
+    """True for a bzImage or a PVH vmlinux: what takes a Linux command line (and Linux-only hints)."""
+    try:
+        return not isinstance(_identify(data, "kernel"), MultibootHeader)
+    except LoaderError:
+        return False
+
+
+@dataclass(frozen=True)
+class _Pvh:
+    elf: ElfImage
+    entry: int
+
+
+def _identify(data: bytes, name: str) -> Union[None, _Pvh, MultibootHeader]:
+    """None for a bzImage, _Pvh for a PVH vmlinux, the header for a multiboot kernel; else LoaderError.
+
+    The order is QEMU's (hw/i386/x86.c x86_load_linux): "HdrS", then a PVH note, then multiboot.
+    """
     if is_bzimage(data):
-        return _load_linux(memory, data, boot, initrd, e820, cpus)
+        return None
+    elf, elf_error = None, None
+    if is_elf(data):
+        try:
+            elf = parse_elf(data, name)
+        except LoaderError as error:  # may still be an a.out-kludge multiboot image
+            elf_error = error
+    entry = None if elf is None else pvh_entry(elf, data, name)
+    if entry is not None:
+        return _Pvh(elf, entry)
     header = find_multiboot_header(data)
-    if header is None:
-        what = "an ELF file without a multiboot header (a vmlinux?)" if is_elf(data) else "not a kernel xvm knows"
-        raise LoaderError(f"{kernel_path} is {what}: {_FORMATS}")
-    return _load_multiboot(memory, data, header, boot, initrd, e820, cpus)
+    if header is not None:
+        return header
+    if elf_error is not None:
+        raise elf_error
+    what = "an ELF file without a PVH entry or multiboot header" if elf else "not a kernel xvm knows"
+    raise LoaderError(f"{name} is {what}: {_FORMATS}")
 
 
 def _write_firmware_tables(memory: GuestMemory, cpus: int) -> int:
     """MP table and ACPI tables for `cpus` CPUs; returns the RSDP address."""
     write_mptable(memory, cpus)
     return write_acpi_tables(memory, cpus)
+
+
+def _linux_cmdline(boot: BootConfig, name: str, kernel_limit: int) -> bytes:
+    """The command line as bytes, checked against what the kernel and CMDLINE_MAX_SIZE allow."""
+    cmdline = boot.cmdline.encode()
+    limit = min(kernel_limit, layout.CMDLINE_MAX_SIZE - 1)
+    if len(cmdline) > limit:
+        raise LoaderError(
+            f"the kernel command line is {len(cmdline)} bytes; {name} accepts at most {limit}: shorten --append"
+        )
+    return cmdline
 
 
 def _load_linux(
@@ -109,16 +165,11 @@ def _load_linux(
 ) -> LoadedGuest:
     name = str(boot.kernel)
     image = parse_bzimage(data, name)
-    cmdline = boot.cmdline.encode()
-    limit = min(image.cmdline_size, layout.CMDLINE_MAX_SIZE - 1)
-    if len(cmdline) > limit:
-        raise LoaderError(
-            f"the kernel command line is {len(cmdline)} bytes; {name} accepts at most {limit}: shorten --append"
-        )
+    cmdline = _linux_cmdline(boot, name, image.cmdline_size)
     kernel = load_bzimage(memory, image)
     initrd_range = None
     if initrd is not None:
-        addr = place_initrd(memory, initrd, str(boot.initrd), image, kernel.end)
+        addr = place_initrd(memory, initrd, str(boot.initrd), kernel.end, image.initrd_addr_max)
         initrd_range = (addr, addr + len(initrd))
     rsdp = _write_firmware_tables(memory, cpus)
     memory.write(layout.CMDLINE_START, cmdline + b"\0")
@@ -139,6 +190,45 @@ def _load_linux(
         kernel_range=(kernel.load_addr, kernel.end),
         initrd_range=initrd_range,
         description=f"Linux bzImage, boot protocol {image.version_text}, 64-bit entry",
+    )
+
+
+def _load_pvh(
+    memory: GuestMemory,
+    data: bytes,
+    elf: ElfImage,
+    entry: int,
+    boot: BootConfig,
+    initrd: Optional[bytes],
+    e820: list[E820Entry],
+    cpus: int,
+) -> LoadedGuest:
+    name = str(boot.kernel)
+    cmdline = _linux_cmdline(boot, name, LINUX_COMMAND_LINE_SIZE - 1)
+    kernel = load_pvh_kernel(memory, elf, data, entry, name)
+    initrd_range = None
+    if initrd is not None:
+        addr = place_initrd(memory, initrd, str(boot.initrd), kernel.end, LINUX_INITRD_ADDR_MAX)
+        initrd_range = (addr, addr + len(initrd))
+    rsdp = _write_firmware_tables(memory, cpus)
+    memory.write(layout.CMDLINE_START, cmdline + b"\0")
+    start_info = build_start_info(
+        layout.PVH_INFO_START,
+        cmdline_addr=layout.CMDLINE_START,
+        initrd=None if initrd_range is None else (initrd_range[0], len(initrd)),
+        rsdp_addr=rsdp,
+        e820=e820,
+    )
+    memory.write(layout.PVH_INFO_START, start_info)
+    setup_protected_mode(memory)
+    regs, sregs = protected_32bit_state(kernel.entry, 0, layout.PVH_INFO_START)
+    return LoadedGuest(
+        kind="linux",
+        regs=regs,
+        sregs=sregs,
+        kernel_range=(kernel.start, kernel.end),
+        initrd_range=initrd_range,
+        description=f"Linux vmlinux, PVH entry at {kernel.entry:#x}",
     )
 
 

@@ -17,7 +17,7 @@ boot_params.py writes the zero page.
 
     image = parse_bzimage(data, "bzImage")
     kernel = load_bzimage(memory, image)             # -> BzImagePlacement
-    initrd = place_initrd(memory, initrd_bytes, image, kernel.end)
+    initrd = place_initrd(memory, initrd_bytes, "initrd", kernel.end, image.initrd_addr_max)
 """
 
 from __future__ import annotations
@@ -162,21 +162,21 @@ def load_bzimage(memory: GuestMemory, image: BzImage) -> BzImagePlacement:
     return BzImagePlacement(load_addr=load_addr, entry=load_addr + STARTUP_64_OFFSET, end=end)
 
 
-def place_initrd(memory: GuestMemory, initrd: bytes, name: str, image: BzImage, kernel_end: int) -> int:
+def place_initrd(memory: GuestMemory, initrd: bytes, name: str, kernel_end: int, initrd_addr_max: int) -> int:
     """Copy `initrd` page-aligned as high as the kernel allows below the top of low RAM; return its address.
 
     Linux wants the initrd below initrd_addr_max (boot.rst: "the initrd should typically be located
     as high in memory as possible"), and it must not overlap the range the kernel decompresses into.
     """
-    top = min(low_ram_end(memory), image.initrd_addr_max + 1)
+    top = min(low_ram_end(memory), initrd_addr_max + 1)
     addr = (top - len(initrd)) & ~(layout.PAGE_SIZE - 1)
     if addr < _align_up(kernel_end, layout.PAGE_SIZE):
         end = _align_up(kernel_end, layout.PAGE_SIZE) + len(initrd)
-        if end > image.initrd_addr_max + 1:
+        if end > initrd_addr_max + 1:
             raise LoaderError(
                 f"initrd {name} ({len(initrd) >> 20} MiB) does not fit below this kernel's initrd_addr_max "
-                f"{image.initrd_addr_max:#x}: use a smaller initrd"
+                f"{initrd_addr_max:#x}: use a smaller initrd"
             )
-        require_low_ram(memory, end, f"kernel {image.name} with initrd {name}")
+        require_low_ram(memory, end, f"the kernel with initrd {name}")
     memory.write(addr, initrd)
     return addr

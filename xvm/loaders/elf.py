@@ -26,6 +26,10 @@ ET_DYN = 3
 EM_386 = 3
 EM_X86_64 = 62
 PT_LOAD = 1
+PT_NOTE = 4
+#: Program header types whose contents a loader reads (so their file ranges are checked).
+_READ_TYPES = (PT_LOAD, PT_NOTE)
+_NOTE_HEADER = struct.Struct("<III")  # n_namesz, n_descsz, n_type
 
 _IDENT_SIZE = 16
 # e_type, e_machine, e_version, e_entry, e_phoff, e_shoff, e_flags, e_ehsize, e_phentsize, e_phnum
@@ -72,6 +76,39 @@ class ElfImage:
         """PT_LOAD segments with something in memory."""
         return [s for s in self.segments if s.type == PT_LOAD and s.memsz > 0]
 
+    def notes(self, data: bytes, name: str) -> list[ElfNote]:
+        """Every note in the PT_NOTE segments (gABI "Note Section"), each checked to lie in its segment."""
+        found = []
+        for seg in self.segments:
+            if seg.type != PT_NOTE:
+                continue
+            blob = seg.data(data)
+            offset = 0
+            while offset + _NOTE_HEADER.size <= len(blob):
+                namesz, descsz, note_type = _NOTE_HEADER.unpack_from(blob, offset)
+                name_at = offset + _NOTE_HEADER.size
+                desc_at = name_at + _align4(namesz)
+                end = desc_at + _align4(descsz)
+                if desc_at + descsz > len(blob):
+                    raise LoaderError(f"{name}: ELF note at segment offset {offset} runs past its segment; damaged")
+                owner = blob[name_at:name_at + namesz].rstrip(b"\0")
+                found.append(ElfNote(owner, note_type, blob[desc_at:desc_at + descsz]))
+                offset = end
+        return found
+
+
+def _align4(value: int) -> int:
+    return (value + 3) & ~3
+
+
+@dataclass(frozen=True)
+class ElfNote:
+    """One ELF note: owner name (without the NUL), type, descriptor bytes."""
+
+    name: bytes
+    type: int
+    desc: bytes
+
 
 def parse_elf(data: bytes, name: str) -> ElfImage:
     """Parse the ELF header and program headers of `data` (`name` is for messages)."""
@@ -100,10 +137,9 @@ def parse_elf(data: bytes, name: str) -> ElfImage:
             p_type, offset, vaddr, paddr, filesz, memsz, flags, _ = fields
         else:
             p_type, flags, offset, vaddr, paddr, filesz, memsz, _ = fields
-        if p_type == PT_LOAD:
-            if offset + filesz > len(data):
-                raise LoaderError(f"{name}: ELF segment {i} runs past the end of the file; the file is truncated")
-            if filesz > memsz:
-                raise LoaderError(f"{name}: ELF segment {i} has p_filesz > p_memsz; the file is damaged")
+        if p_type in _READ_TYPES and offset + filesz > len(data):
+            raise LoaderError(f"{name}: ELF segment {i} runs past the end of the file; the file is truncated")
+        if p_type == PT_LOAD and filesz > memsz:
+            raise LoaderError(f"{name}: ELF segment {i} has p_filesz > p_memsz; the file is damaged")
         segments.append(ProgramHeader(p_type, offset, vaddr, paddr, filesz, memsz, flags))
     return ElfImage(elf_class, machine, e_type, entry, tuple(segments))

@@ -66,20 +66,31 @@ def multiboot_elf(
     elf_class: int = 1,
     machine: int = 3,
     with_header: bool = True,
+    notes: tuple[tuple[bytes, int, bytes], ...] = (),
 ) -> bytes:
-    """ELF file; `segments` are (paddr, vaddr, data, memsz); a multiboot header opens segment 0's data."""
+    """ELF file; `segments` are (paddr, vaddr, data, memsz); a multiboot header opens segment 0's data.
+
+    `notes` (owner, type, desc) go into one PT_NOTE segment after the loadable ones.
+    """
     data_offset = 0x1000
     body = bytearray()
     phdrs = []
+
+    def phdr(p_type: int, offset: int, vaddr: int, paddr: int, filesz: int, memsz: int) -> bytes:
+        if elf_class == 1:
+            return struct.pack("<IIIIIIII", p_type, offset, vaddr, paddr, filesz, memsz, 5, 0x1000)
+        return struct.pack("<IIQQQQQQ", p_type, 5, offset, vaddr, paddr, filesz, memsz, 0x1000)
+
     for i, (paddr, vaddr, blob, memsz) in enumerate(segments):
         if i == 0 and with_header:
             blob = multiboot_header(flags) + blob
         offset = data_offset + len(body)
         body.extend(blob)
-        if elf_class == 1:
-            phdrs.append(struct.pack("<IIIIIIII", 1, offset, vaddr, paddr, len(blob), max(memsz, len(blob)), 5, 0x1000))
-        else:
-            phdrs.append(struct.pack("<IIQQQQQQ", 1, 5, offset, vaddr, paddr, len(blob), max(memsz, len(blob)), 0x1000))
+        phdrs.append(phdr(1, offset, vaddr, paddr, len(blob), max(memsz, len(blob))))
+    if notes:
+        note_blob = b"".join(elf_note(*note) for note in notes)
+        phdrs.append(phdr(4, data_offset + len(body), 0, 0, len(note_blob), len(note_blob)))
+        body.extend(note_blob)
     ident = b"\x7fELF" + bytes([elf_class, 1, 1]) + bytes(9)
     if elf_class == 1:
         ehdr = ident + struct.pack("<HHIIIIIHHHHHH", 2, machine, 1, entry, 52, 0, 0, 52, 32, len(phdrs), 40, 0, 0)
@@ -88,6 +99,28 @@ def multiboot_elf(
     image = bytearray(ehdr + b"".join(phdrs))
     image.extend(bytes(data_offset - len(image)))
     return bytes(image + body)
+
+
+def elf_note(owner: bytes, note_type: int, desc: bytes) -> bytes:
+    """One note: namesz, descsz, type, then name and desc each padded to 4 bytes."""
+    name = owner + b"\0"
+    return struct.pack("<III", len(name), len(desc), note_type) + _pad4(name) + _pad4(desc)
+
+
+def _pad4(blob: bytes) -> bytes:
+    return blob + bytes(-len(blob) % 4)
+
+
+def pvh_vmlinux(*, entry: int = 0x1000600, paddr: int = 0x1000000, size: int = 0x3000, memsz: int = 0x5000) -> bytes:
+    """A 64-bit vmlinux look-alike: one segment at 16 MiB linked high, the Xen PHYS32_ENTRY note (8 bytes)."""
+    return multiboot_elf(
+        segments=((paddr, 0xFFFFFFFF81000000, b"\x90" * size, memsz),),
+        entry=paddr,
+        elf_class=2,
+        machine=62,
+        with_header=False,
+        notes=((b"GNU", 3, b"\x01" * 20), (b"Xen", 18, struct.pack("<Q", entry))),
+    )
 
 
 def aout_kludge(
@@ -115,6 +148,11 @@ def make_bzimage() -> Callable[..., bytes]:
 @pytest.fixture
 def make_multiboot_elf() -> Callable[..., bytes]:
     return multiboot_elf
+
+
+@pytest.fixture
+def make_pvh_vmlinux() -> Callable[..., bytes]:
+    return pvh_vmlinux
 
 
 @pytest.fixture

@@ -97,7 +97,7 @@ def test_initrd_goes_page_aligned_to_the_top_of_low_ram(make_bzimage, memory):
     image = parse_bzimage(make_bzimage(), "bz")
     placed = load_bzimage(memory, image)
     initrd = b"\xab" * 5000
-    addr = place_initrd(memory, initrd, "initrd", image, placed.end)
+    addr = place_initrd(memory, initrd, "initrd", placed.end, image.initrd_addr_max)
     assert addr % layout.PAGE_SIZE == 0
     assert addr >= placed.end
     assert addr + len(initrd) <= 64 * MiB
@@ -108,22 +108,22 @@ def test_initrd_goes_page_aligned_to_the_top_of_low_ram(make_bzimage, memory):
 def test_initrd_stays_below_initrd_addr_max(make_bzimage, memory):
     image = parse_bzimage(make_bzimage(initrd_addr_max=0x1FFFFFF), "bz")
     placed = load_bzimage(memory, image)
-    addr = place_initrd(memory, b"x" * 0x3000, "initrd", image, placed.end)
+    addr = place_initrd(memory, b"x" * 0x3000, "initrd", placed.end, image.initrd_addr_max)
     assert addr + 0x3000 <= 0x2000000
 
 
 def test_initrd_that_does_not_fit_names_the_memory_needed(make_bzimage, memory):
     image = parse_bzimage(make_bzimage(), "bz")
     placed = load_bzimage(memory, image)  # the kernel needs up to 20 MiB
-    with pytest.raises(LoaderError, match=r"with initrd big needs 71 MiB .* use --mem 71M or more"):
-        place_initrd(memory, bytes(50 * MiB + 1), "big", image, placed.end)
+    with pytest.raises(LoaderError, match=r"the kernel with initrd big needs 71 MiB .* use --mem 71M or more"):
+        place_initrd(memory, bytes(50 * MiB + 1), "big", placed.end, image.initrd_addr_max)
 
 
 def test_initrd_beyond_initrd_addr_max_says_so(make_bzimage, memory):
     image = parse_bzimage(make_bzimage(initrd_addr_max=0x17FFFFF), "bz")
     placed = load_bzimage(memory, image)
     with pytest.raises(LoaderError, match="initrd_addr_max 0x17fffff"):
-        place_initrd(memory, bytes(8 * MiB), "big", image, placed.end)
+        place_initrd(memory, bytes(8 * MiB), "big", placed.end, image.initrd_addr_max)
 
 
 def _real_bzimages() -> list[str]:

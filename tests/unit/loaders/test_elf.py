@@ -64,3 +64,17 @@ def test_big_endian_is_refused(make_multiboot_elf):
     data[5] = 2
     with pytest.raises(LoaderError, match="big-endian"):
         parse_elf(bytes(data), "k")
+
+
+def test_notes_are_read_from_pt_note(make_multiboot_elf):
+    data = make_multiboot_elf(notes=((b"GNU", 3, b"abcde"), (b"Xen", 18, b"\1\2\3\4")))
+    notes = parse_elf(data, "k").notes(data, "k")
+    assert [(n.name, n.type, n.desc) for n in notes] == [(b"GNU", 3, b"abcde"), (b"Xen", 18, b"\1\2\3\4")]
+
+
+def test_note_running_past_its_segment_is_refused(make_multiboot_elf):
+    data = bytearray(make_multiboot_elf(notes=((b"Xen", 18, b"\1\2\3\4"),)))
+    note = data.index(b"Xen\0") - 12
+    struct.pack_into("<I", data, note + 4, 4096)  # descsz
+    with pytest.raises(LoaderError, match="note .* runs past its segment"):
+        parse_elf(bytes(data), "k").notes(bytes(data), "k")

@@ -11,7 +11,7 @@ from xvm.arch.x86.boot_cpu import BOOT_CS, BOOT_DS
 from xvm.arch.x86.regs import CR0_PE, CR0_PG, EFER_LMA
 from xvm.config import BootConfig
 from xvm.errors import ConfigError, LoaderError
-from xvm.loaders import LoadedGuest, load_guest
+from xvm.loaders import LoadedGuest, is_linux_kernel, load_guest
 
 
 def _write(tmp_path, name: str, data: bytes):
@@ -108,7 +108,7 @@ def test_not_a_kernel(tmp_path, memory):
 
 def test_plain_elf_is_taken_for_a_vmlinux(tmp_path, memory, make_multiboot_elf):
     kernel = _write(tmp_path, "vmlinux", make_multiboot_elf(with_header=False))
-    with pytest.raises(LoaderError, match=r"ELF file without a multiboot header \(a vmlinux\?\)"):
+    with pytest.raises(LoaderError, match=r"ELF file without a PVH entry or multiboot header: .*CONFIG_PVH"):
         load_guest(memory, BootConfig(kernel=kernel), 1)
 
 
@@ -128,3 +128,11 @@ def test_too_many_cpus_for_the_mp_table(tmp_path, memory, make_bzimage):
     kernel = _write(tmp_path, "bzImage", make_bzimage())
     with pytest.raises(ConfigError, match="use --cpus 254 or fewer"):
         load_guest(memory, BootConfig(kernel=kernel), 255)
+
+
+def test_is_linux_kernel(make_bzimage, make_pvh_vmlinux, make_multiboot_elf, make_aout_kludge):
+    assert is_linux_kernel(make_bzimage())
+    assert is_linux_kernel(make_pvh_vmlinux())
+    assert not is_linux_kernel(make_multiboot_elf())
+    assert not is_linux_kernel(make_aout_kludge())
+    assert not is_linux_kernel(b"plain text")

@@ -25,6 +25,9 @@ BOOT_GDT_START = 0x500
 BOOT_IDT_START = 0x530
 #: Initial stack top for the boot vCPU.
 BOOT_STACK_POINTER = 0x8FF0
+#: PVH boot (vmlinux entered at its XEN_ELFNOTE_PHYS32_ENTRY): struct hvm_start_info, then the
+#: module list and the memory map, all in this page.
+PVH_INFO_START = 0x6000
 #: Linux zero page (struct boot_params).
 ZERO_PAGE_START = 0x7000
 #: Identity page tables for 64-bit entry: PML4, PDPT, then PDs (1 GiB each, 2 MiB pages).
