@@ -73,9 +73,14 @@ def is_sensitive(ins: Instr) -> bool:
     return mnemonic in ("jmp", "call") and operands[0] in FAR_OPERANDS
 
 
+def touches_memory(ins: Instr) -> bool:
+    """A ModRM memory operand or a moffs one (MOV AL/rAX <-> [moffs], which have no ModRM)."""
+    return ins.is_mem or any(spec[0] == "O" for spec in ins.op.operands)
+
+
 def may_store(ins: Instr) -> bool:
     """True when `ins` may write guest memory (then a block checks for self-modification after it)."""
-    return ins.is_mem or ins.op.mnemonic in IMPLICIT_STORES
+    return touches_memory(ins) or ins.op.mnemonic in IMPLICIT_STORES
 
 
 def may_fault_after_commit(ins: Instr) -> bool:
@@ -86,7 +91,7 @@ def may_fault_after_commit(ins: Instr) -> bool:
     Register-only instructions fault, if at all, before changing anything.
     """
     mnemonic = ins.op.mnemonic
-    return ins.is_mem or mnemonic in STACK_OPS or mnemonic in STRING_OPS
+    return touches_memory(ins) or mnemonic in STACK_OPS or mnemonic in STRING_OPS
 
 
 def ends_block(ins: Instr) -> bool:
