@@ -95,14 +95,21 @@ def kvm_available() -> None:
         pytest.skip(reason)
 
 
+def run_xvm(*args: str, timeout: float = 60.0) -> ProcessResult:
+    """Run `python -m xvm ARGS` from the checkout."""
+    return run_process([sys.executable, "-m", "xvm", *args], timeout)
+
+
 @pytest.fixture
 def xvm() -> Callable[..., ProcessResult]:
     """`xvm(*args, timeout=60)` runs `python -m xvm ARGS` and returns a ProcessResult."""
+    return run_xvm
 
-    def run(*args: str, timeout: float = 60.0) -> ProcessResult:
-        return run_process([sys.executable, "-m", "xvm", *args], timeout)
 
-    return run
+@pytest.fixture(scope="session")
+def xvm_session() -> Callable[..., ProcessResult]:
+    """The `xvm` runner for session-scoped fixtures."""
+    return run_xvm
 
 
 @pytest.fixture(scope="session")
