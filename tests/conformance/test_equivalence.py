@@ -29,7 +29,7 @@ from xvm.engines.base import IoOut, VcpuExit
 from xvm.memory.guest_memory import GuestMemory
 
 # --- EFLAGS bits (SDM Vol. 1 3.4.3) -----------------------------------------------
-CF, PF, AF, ZF, SF, OF = 0x001, 0x004, 0x010, 0x040, 0x080, 0x800
+CF, PF, AF, ZF, SF, DF, OF = 0x001, 0x004, 0x010, 0x040, 0x080, 0x400, 0x800
 ARITH = CF | PF | AF | ZF | SF | OF
 LOGIC_DEFINED = CF | PF | ZF | SF | OF            # AND/OR/XOR/TEST: AF undefined
 #: Flags each condition code (cc of Jcc/SETcc/CMOVcc) reads, by cc (SDM Vol. 1 Table B-1).
@@ -146,19 +146,28 @@ def _imul_forms(draw: Callable) -> Insn:
                 CF | OF, PF | AF | ZF | SF)
 
 
-def _shift(draw: Callable) -> Insn:
-    """SHL/SHR/SAR/ROL/ROR r32, imm8: count masked to 5 bits; OF defined only for a count of 1."""
-    digit, name = draw(st.sampled_from(((4, "shl"), (5, "shr"), (7, "sar"), (0, "rol"), (1, "ror"))))
-    reg, imm = draw(_reg), draw(_imm8)
-    count = imm & 31
-    code = bytes((0xC1, modrm(3, digit, reg), imm))
-    text = f"{name} {REG_NAMES[reg]}, {imm}"
+_SHIFTS = ((4, "shl"), (5, "shr"), (7, "sar"), (0, "rol"), (1, "ror"))
+
+
+def shift_flags(name: str, count: int) -> tuple[int, int]:
+    """(defined, undefined) flags after a 32-bit shift or rotate by `count` (SDM Vol. 2B SAL/SAR/SHL/SHR, ROL/ROR).
+
+    The count is masked to 5 bits; a zero count changes no flag; OF is defined only for a count of 1.
+    """
+    count &= 31
     if count == 0:
-        return Insn(code, text)
-    overflow = (OF, 0) if count == 1 else (0, OF)
+        return 0, 0
+    defined_of, undefined_of = (OF, 0) if count == 1 else (0, OF)
     if name in ("rol", "ror"):
-        return Insn(code, text, CF | overflow[0], overflow[1])
-    return Insn(code, text, CF | PF | ZF | SF | overflow[0], AF | overflow[1])
+        return CF | defined_of, undefined_of
+    return CF | PF | ZF | SF | defined_of, AF | undefined_of
+
+
+def _shift(draw: Callable) -> Insn:
+    """SHL/SHR/SAR/ROL/ROR r32, imm8."""
+    digit, name = draw(st.sampled_from(_SHIFTS))
+    reg, imm = draw(_reg), draw(_imm8)
+    return Insn(bytes((0xC1, modrm(3, digit, reg), imm)), f"{name} {REG_NAMES[reg]}, {imm}", *shift_flags(name, imm))
 
 
 def _move(draw: Callable) -> Insn:
@@ -216,8 +225,89 @@ def _flag_readers(draw: Callable) -> Insn:
     return Insn(bytes((0x0F, 0xC1, modrm(3, src, dst))), f"xadd {REG_NAMES[dst]}, {REG_NAMES[src]}", ARITH)
 
 
+def _byte_ops(draw: Callable) -> Insn:
+    """INC/DEC/NEG/NOT/MUL on byte registers (AH..BH included), SHL/SHR/SAR r8 by 1-7."""
+    reg8 = draw(_any8)
+    if draw(st.booleans()):
+        opcode, digit, name, defines, undefines = draw(st.sampled_from((
+            (0xFE, 0, "inc", ARITH & ~CF, 0), (0xFE, 1, "dec", ARITH & ~CF, 0), (0xF6, 3, "neg", ARITH, 0),
+            (0xF6, 2, "not", 0, 0), (0xF6, 4, "mul", CF | OF, PF | AF | ZF | SF),
+        )))
+        return Insn(bytes((opcode, modrm(3, digit, reg8))), f"{name} r8({reg8})", defines, undefines)
+    digit, name = draw(st.sampled_from(((4, "shl"), (5, "shr"), (7, "sar"))))
+    count = draw(st.integers(1, 7))  # a count >= 8 leaves CF undefined for SHL/SHR of a byte
+    overflow = (OF, 0) if count == 1 else (0, OF)
+    return Insn(bytes((0xC0, modrm(3, digit, reg8), count)), f"{name} r8({reg8}), {count}",
+                CF | PF | ZF | SF | overflow[0], AF | overflow[1])
+
+
+def _composites(draw: Callable) -> Insn:
+    """Short idioms whose operands must be set up: DIV/IDIV that cannot fault, shifts by CL,
+    SHLD/SHRD, BSF/BSR of a nonzero value, PUSH/POP, CMPXCHG, XCHG with memory."""
+    kind = draw(st.integers(0, 6))
+    dst, src = draw(_reg), draw(_reg)
+    if kind == 0:  # xor edx, edx; mov ecx, d; div ecx  (quotient fits: EDX = 0, d != 0)
+        divisor = draw(st.integers(1, 0xFFFFFFFF))
+        return Insn(b"\x31\xd2\xb9" + struct.pack("<I", divisor) + b"\xf7\xf1", f"div by {divisor:#x}", 0, ARITH)
+    if kind == 1:  # cdq; mov ecx, d; idiv ecx  (d not 0 and not -1: no overflow)
+        divisor = draw(st.integers(1, 0x7FFFFFFF)) * draw(st.sampled_from((1, -1)))
+        divisor = divisor if divisor != -1 else 2
+        return Insn(b"\x99\xb9" + struct.pack("<i", divisor) + b"\xf7\xf9", f"idiv by {divisor}", 0, ARITH)
+    if kind == 2:  # mov ecx, n; shl/shr/sar/rol/ror dst, cl  (dst != ecx, count known)
+        if dst == 1:
+            dst = 0
+        digit, name = draw(st.sampled_from(_SHIFTS))
+        count = draw(st.integers(0, 0xFF))
+        return Insn(b"\xb9" + struct.pack("<I", count) + bytes((0xD3, modrm(3, digit, dst))),
+                    f"{name} {REG_NAMES[dst]}, cl={count}", *shift_flags(name, count))
+    if kind == 3:  # shld/shrd dst, src, imm8 (count 1..31)
+        opcode, name = draw(st.sampled_from(((0xA4, "shld"), (0xAC, "shrd"))))
+        count = draw(st.integers(1, 31))
+        overflow = (OF, 0) if count == 1 else (0, OF)
+        return Insn(bytes((0x0F, opcode, modrm(3, src, dst), count)), f"{name} {REG_NAMES[dst]}, {REG_NAMES[src]}, "
+                    f"{count}", CF | PF | ZF | SF | overflow[0], AF | overflow[1])
+    if kind == 4:  # or src, 1 << k; bsf/bsr dst, src  (the source is never zero)
+        bit = draw(st.integers(0, 31))
+        opcode, name = draw(st.sampled_from(((0xBC, "bsf"), (0xBD, "bsr"))))
+        return Insn(bytes((0x81, modrm(3, 1, src))) + struct.pack("<I", 1 << bit)
+                    + bytes((0x0F, opcode, modrm(3, dst, src))), f"or {REG_NAMES[src]}, 1<<{bit}; {name}", ZF,
+                    CF | OF | SF | AF | PF)
+    if kind == 5:  # push src; pop dst / push imm32; pop dst
+        if draw(st.booleans()):
+            return Insn(bytes((0x50 + src, 0x58 + dst)), f"push {REG_NAMES[src]}; pop {REG_NAMES[dst]}")
+        imm = draw(_imm32)
+        return Insn(b"\x68" + struct.pack("<I", imm) + bytes((0x58 + dst,)), f"push {imm:#x}; pop {REG_NAMES[dst]}")
+    if draw(st.booleans()):
+        return Insn(bytes((0x0F, 0xB1, modrm(3, src, dst))), f"cmpxchg {REG_NAMES[dst]}, {REG_NAMES[src]}", ARITH)
+    disp = draw(_disp)
+    return Insn(bytes((0x87, modrm(1, src, 5), disp)), f"xchg [ebp+{disp}], {REG_NAMES[src]}")
+
+
+def _strings(draw: Callable) -> Insn:
+    """REP MOVS/STOS (overlapping too), REPE CMPS and REPNE SCAS within the case's data, forwards or backwards.
+
+    lea esi, [ebp+a]; lea edi, [ebp+b]; mov ecx, n; cld|std; rep op; cld
+    """
+    opcode, name, size, flags = draw(st.sampled_from((
+        (0xA4, "movsb", 1, 0), (0xA5, "movsd", 4, 0), (0xAA, "stosb", 1, 0), (0xAB, "stosd", 4, 0),
+        (0xA6, "cmpsb", 1, ARITH), (0xAE, "scasb", 1, ARITH),
+    )))
+    count = draw(st.integers(1, CASE_DATA // size // 2))
+    span = count * size
+    backwards = draw(st.booleans())
+    start = st.integers(span - size, CASE_DATA - size) if backwards else st.integers(0, CASE_DATA - span)
+    source, target = draw(start), draw(start)
+    prefix = 0xF2 if name == "scasb" else 0xF3
+    code = bytes((0x8D, modrm(1, 6, 5), source, 0x8D, modrm(1, 7, 5), target, 0xB9)) + struct.pack("<I", count)
+    code += bytes((0xFD if backwards else 0xFC, prefix, opcode, 0xFC))
+    direction = "std" if backwards else "cld"
+    text = f"{direction}; rep{'ne' if prefix == 0xF2 else ''} {name} src={source} dst={target} n={count}"
+    return Insn(code, text, flags)
+
+
 TEMPLATES: tuple[Template, ...] = (
     _alu_rr, _alu_rr8, _alu_rr16, _alu_mem, _alu_imm, _test, _unary, _imul_forms, _shift, _move, _flag_readers,
+    _byte_ops, _composites, _strings,
 )
 
 
@@ -250,7 +340,7 @@ def cases(draw: Callable) -> Case:
             continue  # it would read a flag an earlier instruction left undefined
         undefined = (undefined & ~insn.defines) | insn.undefines
         insns.append(insn)
-    return Case(regs, flags, data, insns, ARITH & ~undefined)
+    return Case(regs, flags, data, insns, (ARITH & ~undefined) | DF)
 
 
 def assemble(batch: list) -> bytes:
@@ -401,13 +491,13 @@ def test_generator_tracks_undefined_flags() -> None:
         for insn in case.insns:
             assert not insn.reads & undefined, case.describe()
             undefined = (undefined & ~insn.defines) | insn.undefines
-        assert case.defined == ARITH & ~undefined
+        assert case.defined == (ARITH & ~undefined) | DF
 
     check()
 
 
 def _fixed_case(insns: list, regs: tuple = (5, 0, 0, 7, 0, 0), flags: int = 0) -> Case:
-    return Case(regs, flags, bytes(range(CASE_DATA)), insns, ARITH)
+    return Case(regs, flags, bytes(range(CASE_DATA)), insns, ARITH | DF)
 
 
 #: add eax, ebx; mov [ebp+8], eax: a case whose outcome is known.
