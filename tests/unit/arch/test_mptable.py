@@ -58,7 +58,7 @@ def test_interrupt_wiring():
     assert all(e[1] == 0 and e[3] == 0 and e[5] == 2 for e in intsrc)  # INT, ISA bus, IOAPIC id = cpus
     assert len(intsrc) == layout.IOAPIC_PINS
     lint = [struct.unpack("<BBHBBBB", e) for e in entries[4]]
-    assert [(e[1], e[5], e[6]) for e in lint] == [(3, 0xFF, 0), (1, 0xFF, 1)]  # ExtINT on LINT0, NMI on LINT1
+    assert [(e[1], e[5], e[6]) for e in lint] == [(3, 0, 0), (1, 0xFF, 1)]  # ExtINT on the BSP's LINT0, NMI on LINT1
 
 
 def test_cpu_limit():

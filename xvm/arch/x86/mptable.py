@@ -114,8 +114,9 @@ def build_mptable(cpus: int, base: int = layout.MPTABLE_START) -> bytes:
     for irq in range(layout.IOAPIC_PINS):
         pin = layout.PIT_IOAPIC_PIN if irq == layout.IRQ_PIT else irq
         entries.append(_MPC_INTSRC.pack(MP_INTSRC, MP_INT, MP_IRQPOL_DEFAULT, BUS_ID_ISA, irq, ioapic_id, pin))
-    # Virtual-wire mode (MP spec 3.6.2.2): the 8259 reaches every LAPIC's LINT0 as ExtINT, NMI on LINT1.
-    entries.append(_MPC_INTSRC.pack(MP_LINTSRC, MP_EXTINT, MP_IRQPOL_DEFAULT, BUS_ID_ISA, 0, MP_APIC_ALL, 0))
+    # Virtual-wire mode (MP spec 3.6.2.2): the 8259 reaches the BSP's LINT0 as ExtINT (as in SeaBIOS and
+    # Firecracker; Linux masks LINT0 on the APs anyway); NMI goes to LINT1 of every local APIC.
+    entries.append(_MPC_INTSRC.pack(MP_LINTSRC, MP_EXTINT, MP_IRQPOL_DEFAULT, BUS_ID_ISA, 0, 0, 0))
     entries.append(_MPC_INTSRC.pack(MP_LINTSRC, MP_NMI, MP_IRQPOL_DEFAULT, BUS_ID_ISA, 0, MP_APIC_ALL, 1))
     body = b"".join(entries)
 
