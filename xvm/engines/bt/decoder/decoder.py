@@ -33,6 +33,19 @@ _MODRM16 = ((3, 6), (3, 7), (5, 6), (5, 7), (6, -1), (7, -1), (5, -1), (3, -1))
 _IMM_SIZES = {"Ib": 1, "Ibs": 1, "Iw": 2, "Jb": 1}
 
 
+#: Operands whose ModRM.reg values are partly undefined, and the valid ones (reg includes REX.R).
+_REG_CHECKS = {
+    "Sw": lambda reg, long_mode: (reg & 7) < 6,
+    "Cy": lambda reg, long_mode: reg in (0, 2, 3, 4) or (reg == 8 and long_mode),
+    "Dy": lambda reg, long_mode: reg < 8,
+}
+
+
+def _sreg_destination(reg: int, long_mode: bool) -> bool:
+    """MOV Sreg, r/m: CS is not a valid destination (SDM Vol. 2 MOV: #UD)."""
+    return (reg & 7) in (0, 2, 3, 4, 5)
+
+
 class NeedMoreBytes(Exception):
     """The byte source ended inside an instruction."""
 
@@ -42,7 +55,8 @@ class OpDef:
 
     __slots__ = ("index", "mnemonics", "mnemonic", "operands", "handler", "fn", "map", "opcode",
                  "plus_r", "has_modrm", "reg", "mod", "modrm_exact", "prefix", "w",
-                 "i64", "o64", "d64", "f64", "lock", "rep", "by_addr", "specificity")
+                 "i64", "o64", "d64", "f64", "lock", "rep", "by_addr", "specificity", "force_reg",
+                 "reg_check")
 
     def __init__(self, index: int, opcode: str, mnemonic: str, operands: str, attrs: str) -> None:
         self.index = index
@@ -93,6 +107,13 @@ class OpDef:
         self.rep = "rep" in flags
         self.by_addr = "A" in flags
         self.w = 1 if "W1" in flags else 0 if "W0" in flags else None
+        self.force_reg = "Ry" in self.operands
+        self.reg_check = None
+        for spec in self.operands:
+            if spec in _REG_CHECKS:
+                self.reg_check = _REG_CHECKS[spec]
+        if self.operands and self.operands[0] == "Sw":
+            self.reg_check = _sreg_destination
         self.specificity = ((self.modrm_exact is not None) * 8 + (self.reg is not None) * 2
                             + (self.mod is not None) + (self.prefix is not None) * 4 + (self.w is not None))
 
@@ -184,7 +205,8 @@ def decode(code: bytes, bits: int) -> Instr:
             elif b == 0x67:
                 addr_prefix = True
             elif b in _SEG_PREFIX:
-                seg_override = _SEG_PREFIX[b]
+                if not long_mode or b >= 0x64:
+                    seg_override = _SEG_PREFIX[b]  # 64-bit mode ignores ES/CS/SS/DS overrides (SDM Vol. 1 3.3.7.1)
             elif b == 0xF0:
                 lock = True
             elif b == 0xF2 or b == 0xF3:
@@ -237,8 +259,8 @@ def decode(code: bytes, bits: int) -> Instr:
                     continue
                 if d.mod is not None and (d.mod == "r") != (modrm >= 0xC0):
                     continue
-            if b == 0x90 and opmap == 0 and not d.plus_r and rex & 1:
-                continue  # 90 with REX.B is XCHG r8,rAX, not NOP/PAUSE
+            if b == 0x90 and opmap == 0 and d.prefix is None and not d.plus_r and rex & 1:
+                continue  # 90 with REX.B is XCHG r8,rAX, not NOP (F3 90 stays PAUSE)
             op = d
             break
         if op is None:
@@ -272,7 +294,7 @@ def decode(code: bytes, bits: int) -> Instr:
         ins.addr_mask = (1 << (addrsize * 8)) - 1
         seg = DS
         if modrm >= 0:
-            mod = modrm >> 6
+            mod = 3 if op.force_reg else modrm >> 6  # MOV CR/DR ignore ModRM.mod (SDM Vol. 2 MOV-Control Registers)
             ins.mod = mod
             ins.reg = ((modrm >> 3) & 7) | ((rex & 4) << 1)
             rm = modrm & 7
@@ -310,14 +332,14 @@ def decode(code: bytes, bits: int) -> Instr:
                             disp32 = True
                         else:
                             ins.base = base | ((rex & 1) << 3)
-                            if base == 4 or base == 5:
+                            if ins.base == 4 or ins.base == 5:
                                 seg = SS
                     elif rm == 5 and mod == 0:
                         disp32 = True
                         ins.rip_relative = long_mode
                     else:
                         ins.base = rm | ((rex & 1) << 3)
-                        if rm == 5:
+                        if ins.base == 5:
                             seg = SS
                     if disp32:
                         ins.disp = _signed(int.from_bytes(code[pos:pos + 4], "little"), 32)
@@ -328,6 +350,8 @@ def decode(code: bytes, bits: int) -> Instr:
                         ins.disp = _signed(code[pos], 8)
                         pos += 1
             if op.mod == "m" and not ins.is_mem:
+                raise GuestFault(UD)
+            if op.reg_check is not None and not op.reg_check(ins.reg, long_mode):
                 raise GuestFault(UD)
         elif op.plus_r:
             ins.rm = (b & 7) | ((rex & 1) << 3)

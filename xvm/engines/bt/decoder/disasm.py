@@ -19,6 +19,9 @@ _R64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi") + tuple(f"r{i}" 
 SREGS = ("es", "cs", "ss", "ds", "fs", "gs")
 _SIZE_NAMES = {1: "byte", 2: "word", 4: "dword", 6: "fword", 8: "qword", 10: "tbyte", 16: "xmmword"}
 _FIXED_SREG = {"ES": 0, "CS": 1, "SS": 2, "DS": 3, "FS": 4, "GS": 5}
+#: Instructions whose 16-bit r/m operand names a register of the operand size in register form.
+_EW_REGISTER_OPSIZE = frozenset(("mov", "sldt", "str", "lldt", "ltr", "verr", "verw", "smsw", "lmsw", "lar", "lsl",
+                                 "arpl"))
 _MASKS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 
 
@@ -61,10 +64,10 @@ def _operand_size(spec: str, ins: Instr) -> int:
 def _memory(ins: Instr, size: int, next_rip: int) -> tuple:
     if ins.rip_relative:
         target = (next_rip + ins.disp) & _MASKS[ins.addrsize]
-        return ("mem", size, ins.seg, "rip" if ins.addrsize == 8 else "eip", None, 0, target)
+        return ("mem", size, ins.seg, "rip" if ins.addrsize == 8 else "eip", None, 1, target)
     base = _addr_reg(ins.base, ins.addrsize) if ins.base >= 0 else None
     index = _addr_reg(ins.index, ins.addrsize) if ins.index >= 0 else None
-    return ("mem", size, ins.seg, base, index, 1 << ins.scale, ins.disp & _MASKS[ins.addrsize])
+    return ("mem", size, ins.seg, base, index, 1 << ins.scale if index else 1, ins.disp & _MASKS[ins.addrsize])
 
 
 def operands(ins: Instr, next_rip: int) -> list[tuple]:
@@ -85,19 +88,19 @@ def operands(ins: Instr, next_rip: int) -> list[tuple]:
             out.append(("reg", spec.lower()))
         elif kind in "EMWRU":
             size = _operand_size(spec, ins)
-            if spec == "M" or spec == "Mb" and ins.op.mnemonic != "invlpg":
+            if spec == "M" or (spec == "Mb" and ins.op.mnemonic != "invlpg"):
                 size = 0 if spec == "M" else 1
             if ins.is_mem:
                 out.append(_memory(ins, size, next_rip))
             elif kind in "WU" or spec.endswith("x"):
                 out.append(("reg", f"xmm{ins.rm}"))
             else:
-                if ins.op.mnemonic == "mov" and "Sw" in ins.op.operands or ins.op.mnemonic in ("sldt", "str",
-                                                                                            "smsw"):
+                if spec == "Ew" and ins.op.mnemonic in _EW_REGISTER_OPSIZE:
                     size = opsize  # register forms take the operand size
                 out.append(("reg", reg_name(ins.rm, size, ins.rex)))
         elif kind == "G":
-            out.append(("reg", reg_name(ins.reg, _operand_size(spec, ins), ins.rex)))
+            size = opsize if ins.op.mnemonic == "arpl" else _operand_size(spec, ins)  # iced: ARPL r/m16, r32
+            out.append(("reg", reg_name(ins.reg, size, ins.rex)))
         elif kind == "V":
             out.append(("reg", f"xmm{ins.reg}"))
         elif kind == "Z":

@@ -540,9 +540,10 @@ def movzx(cpu, mmu, ins, io):
     set_reg(cpu, ins.reg, ins.opsize, read_E(cpu, mmu, ins, 1 if ins.op.operands[1] == "Eb" else 2))
 
 
-@handles("movsx_Gv_Eb", "movsx_Gv_Ew", "movsxd_Gv_Ed")
+@handles("movsx_Gv_Eb", "movsx_Gv_Ew", "movsxd_Gv_Ez")
 def movsx(cpu, mmu, ins, io):
-    src_size = {"Eb": 1, "Ew": 2, "Ed": 4}[ins.op.operands[1]]
+    spec = ins.op.operands[1]
+    src_size = 1 if spec == "Eb" else 2 if spec == "Ew" or ins.opsize == 2 else 4
     set_reg(cpu, ins.reg, ins.opsize, _signed(read_E(cpu, mmu, ins, src_size), src_size))
 
 
@@ -641,11 +642,12 @@ def cmpxchg8b(cpu, mmu, ins, io):
         cpu.rflags &= ~ZF
 
 
-@handles("bswap_Zy")
-def bswap_Zy(cpu, mmu, ins, io):
-    size = 8 if ins.rex & 8 else 4
+@handles("bswap_Zv")
+def bswap_Zv(cpu, mmu, ins, io):
+    """BSWAP r16 is undefined; it clears the register's low word, as Intel parts and Bochs do."""
+    size = ins.opsize
     value = cpu.regs[ins.rm] & MASK[size]
-    set_reg(cpu, ins.rm, size, int.from_bytes(value.to_bytes(size, "little"), "big"))
+    set_reg(cpu, ins.rm, size, int.from_bytes(value.to_bytes(size, "little"), "big") if size != 2 else 0)
 
 
 @handles("cbw")

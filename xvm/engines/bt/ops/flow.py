@@ -229,17 +229,13 @@ def pop_sreg(cpu, mmu, ins, io):
 @handles("mov_Ev_Sw")
 def mov_Ev_Sw(cpu, mmu, ins, io):
     """A memory destination is always 16 bits; a register one takes the operand size, zero-extended."""
-    if ins.reg & 7 > 5:
-        raise GuestFault(6)
     selector = cpu.segs[ins.reg & 7].selector
     write_E(cpu, mmu, ins, 2 if ins.is_mem else ins.opsize, selector)
 
 
 @handles("mov_Sw_Ew")
 def mov_Sw_Ew(cpu, mmu, ins, io):
-    sreg = ins.reg & 7
-    if sreg == CS or sreg > 5:
-        raise GuestFault(6)  # MOV CS is #UD (SDM Vol. 2 MOV)
+    sreg = ins.reg & 7  # the decoder rejects CS and the undefined encodings 6 and 7
     segments.load_segment(cpu, mmu, sreg, read_E(cpu, mmu, ins, 2))
     if sreg == SS:
         cpu.interrupt_shadow = True
