@@ -3,12 +3,12 @@
 `load_guest` is the one entry point the machine builder calls. It reads the
 kernel, recognises its format, and then, in order:
 
-1. parses and places the kernel and the initrd (bzimage.py, multiboot.py, elf.py);
+1. parses and places the kernel and the initrd (bzimage.py, pvh.py, multiboot.py, elf.py);
 2. writes the firmware tables every kernel may look for: the MP table
    (arch/x86/mptable.py, for kernels without ACPI) and the ACPI tables
    (arch/x86/acpi.py, for kernels without MP-table parsing);
-3. writes the boot parameters: the command line and the zero page for Linux
-   (boot_params.py), or the multiboot information structure;
+3. writes the boot parameters: the command line and the zero page for a bzImage
+   (boot_params.py), hvm_start_info for PVH, or the multiboot information structure;
 4. writes the boot GDT (and page tables for 64-bit entry) and returns the BSP
    registers. Application processors start from INIT/SIPI through the LAPIC.
 
@@ -96,7 +96,7 @@ def load_guest(memory: GuestMemory, boot: BootConfig, cpus: int) -> LoadedGuest:
         return _load_pvh(memory, data, found.elf, found.entry, boot, initrd, e820, cpus)
     if isinstance(found, MultibootHeader):
         return _load_multiboot(memory, data, found, boot, initrd, e820, cpus)
-    return _load_linux(memory, data, boot, initrd, e820, cpus)
+    return _load_bzimage(memory, data, boot, initrd, e820, cpus)
 
 
 def is_linux_kernel(data: bytes) -> bool:
@@ -155,7 +155,7 @@ def _linux_cmdline(boot: BootConfig, name: str, kernel_limit: int) -> bytes:
     return cmdline
 
 
-def _load_linux(
+def _load_bzimage(
     memory: GuestMemory,
     data: bytes,
     boot: BootConfig,
