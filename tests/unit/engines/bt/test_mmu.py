@@ -344,3 +344,28 @@ def test_efer_change_flushes_everything():
     mmu.mode_changed()
     assert mmu.stats["tlb_flushes"] >= 1
     assert mmu.translate(0x40005000, ACCESS_EXEC, False) == 0x9000
+
+
+def test_supervisor_entry_does_not_serve_user_accesses():
+    mem, cpu, mmu, _ = pae()
+    assert mmu.read(0x40005000, 4, False) == 0      # supervisor page, cached for supervisor reads
+    f = fault_of(mmu.read, 0x40005000, 4, True)
+    assert (f.error_code, f.cr2) == (0x5, 0x40005000)
+    f = fault_of(mmu.write, 0x40005000, 4, 0, True)
+    assert f.error_code == 0x7
+
+
+def test_pae_pdpte_reserved_bits():
+    mem, cpu, mmu, _ = pae()
+    mem.write_u64(0x1000 + 8 * 3, 0x2000 | P | RW)   # R/W is reserved in a PAE PDPTE
+    mmu.mode_changed()
+    f = fault_of(mmu.read, 0xC0000000, 1, False)
+    assert f.error_code == 0x9
+
+
+def test_tlb_hit_path_after_a_walk_needs_no_further_walks():
+    mem, cpu, mmu, _ = long_mode()
+    for i in range(100):
+        mmu.read(KERNEL + 0x1000 + 8 * i, 8, False)
+        mmu.write(KERNEL + 0x2000 + 8 * i, 8, i, False)
+    assert mmu.stats["page_walks"] == 2

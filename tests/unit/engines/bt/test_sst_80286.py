@@ -125,6 +125,8 @@ def _load(cpu: CpuState, mmu: FlatMemoryMmu, initial: dict) -> None:
 def _known_difference(test: dict, vectors: list[int]) -> str:
     """The KNOWN_DIFFERENCES key that explains a failure of `test`, or ""."""
     words = test["name"].split()
+    while words[0] in ("cs", "ds", "es", "ss", "rep", "repe", "repne", "repz", "repnz") and len(words) > 1:
+        words = words[1:]
     if words[0] == "lock" and (len(words) < 3 or words[1] not in _LOCKABLE or "[" not in words[2].split(",")[0]):
         return "lock"
     if len(test["bytes"]) - 1 > 10:
