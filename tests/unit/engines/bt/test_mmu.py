@@ -369,3 +369,18 @@ def test_tlb_hit_path_after_a_walk_needs_no_further_walks():
         mmu.read(KERNEL + 0x1000 + 8 * i, 8, False)
         mmu.write(KERNEL + 0x2000 + 8 * i, 8, i, False)
     assert mmu.stats["page_walks"] == 2
+
+
+def test_stores_behind_the_mmu_are_reported_with_physical_written():
+    mem, cpu, mmu, _ = pae()
+    seen = []
+    mmu.on_code_write = seen.append
+    mmu.watch_code_page(0x8)
+    assert mmu.translate(0x40004000, ACCESS_READ, False) == 0x8000
+    # A DMA engine rewrites a PTE and a code page directly in RAM.
+    mem.write_u64(0x3000 + 8 * 4, 0xC000 | P | RW)
+    mem.write(0x8FFE, b"\x90\x90\x90\x90")
+    mmu.physical_written(0x3000 + 8 * 4, 8)
+    mmu.physical_written(0x8FFE, 4)
+    assert mmu.translate(0x40004000, ACCESS_READ, False) == 0xC000
+    assert seen == [0x8]

@@ -30,7 +30,7 @@ kept coherent with them (Blink `blink/memory.c`, Bochs `cpu/tlb.h`), by
 Writes to pages registered with `watch_code_page` call `on_code_write(ppn)`
 after the store, until `unwatch_code_page` — that is how the translator
 invalidates blocks on self-modifying code. Device DMA into guest RAM bypasses
-the MMU and is not seen here.
+the MMU: whoever performs it reports it with `physical_written`.
 
 Physical addresses outside RAM go to the PhysicalIo (MMIO); within a 4 KiB
 page an access is all RAM or all MMIO because RAM regions are page-aligned.
@@ -199,6 +199,18 @@ class Mmu:
         if ppn in self._code_pages:
             self._code_pages.discard(ppn)
             self._evict_writers(ppn)
+
+    def physical_written(self, paddr: int, length: int) -> None:
+        """Someone else (device DMA, a loader) stored into guest RAM: resync shadows and code pages.
+
+        Stores that bypass the MMU are invisible to the write tracking; call
+        this for them so page-table and code-page coherence still holds.
+        """
+        end = paddr + length
+        while paddr < end:
+            count = min(end - paddr, 0x1000 - (paddr & PAGE_MASK))
+            self._after_write(paddr, count)
+            paddr += count
 
     def _evict_writers(self, ppn: int) -> None:
         """Drop write-TLB entries on `ppn` so the next write re-decides fast or slow."""
