@@ -259,3 +259,8 @@ def branch(cpu, target: int) -> None:
     elif target > cpu.segs[1].limit:
         raise gp0()
     cpu.rip = target
+
+
+def rewind(cpu, ins) -> None:
+    """Point RIP back at `ins` (a REP instruction with iterations left runs again)."""
+    cpu.rip = (cpu.rip - ins.length) & (M64 if cpu.code_bits == 64 else MASK[cpu.code_bits >> 3])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from xvm.engines.bt import interrupts, segments
 from xvm.engines.bt.decoder.table import CC_NAMES
-from xvm.engines.bt.faults import BP, DB, OF, GuestFault
+from xvm.engines.bt.faults import BP, DB, OF
 from xvm.engines.bt.ops.common import (
     MASK,
     branch,
@@ -286,16 +286,11 @@ def enter_Iw_Ib(cpu, mmu, ins, io):
 
 @handles("leave")
 def leave(cpu, mmu, ins, io):
+    """rSP = rBP at the stack-address size, then pop rBP (execute_one restores rSP if the pop faults)."""
     mask = _STACK_MASK[cpu.stack_bits]
     regs = cpu.regs
-    saved = regs[RSP]
-    regs[RSP] = (saved & ~mask) | (regs[RBP] & mask)
-    try:
-        value = pop(cpu, mmu, ins.opsize)
-    except GuestFault:
-        regs[RSP] = saved
-        raise
-    set_reg(cpu, RBP, ins.opsize, value)
+    regs[RSP] = (regs[RSP] & ~mask) | (regs[RBP] & mask)
+    set_reg(cpu, RBP, ins.opsize, pop(cpu, mmu, ins.opsize))
 
 
 @handles("pushf")

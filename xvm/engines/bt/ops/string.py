@@ -13,7 +13,7 @@ one retired instruction in `cpu.icount`.
 
 from __future__ import annotations
 
-from xvm.engines.bt.ops.common import DF, MASK, ZF, flags_sub, handles, seg_linear
+from xvm.engines.bt.ops.common import DF, MASK, ZF, flags_sub, handles, rewind, seg_linear
 from xvm.engines.bt.ops.io import check_io
 from xvm.engines.bt.state import ES
 
@@ -135,7 +135,7 @@ def _make_string(kind: str, byte: bool):
             _advance(cpu, RCX, amask, -done)
         cpu.icount += done - 1
         if rep and done < count:
-            cpu.rip -= ins.length  # more to do: run this instruction again
+            rewind(cpu, ins)  # more to do: run this instruction again
     return h
 
 
