@@ -107,8 +107,10 @@ class Mmu:
         self._tlb_xs: dict = {}
         self._tlb_xu: dict = {}
         self._tlbs = (self._tlb_rs, self._tlb_ru, self._tlb_ws, self._tlb_wu, self._tlb_xs, self._tlb_xu)
-        #: Linear page numbers of entries from global pages (survive CR3 loads).
+        #: Linear page numbers of entries from global pages (survive CR3 loads), and of the others
+        #: (what a CR3 load drops: its cost follows the entries filled since, not the TLB size).
         self._global: set = set()
+        self._local: set = set()
         #: (page shift, linear >> shift) of a large page -> its 4 KiB pages in the TLB (for INVLPG).
         self._large: dict = {}
         #: PTE physical address -> linear pages whose entries were derived from it.
@@ -160,18 +162,19 @@ class Mmu:
             for tlb in self._tlbs:
                 tlb.clear()
             self._global.clear()
+            self._local.clear()
             self._large.clear()
             self._pte_users.clear()
             self._pt_pages.clear()
             self._write_rmap.clear()
             return
-        # Keep the global entries; the tracking maps keep stale linear pages,
-        # which at worst drop an entry that was already gone.
-        keep = self._global
-        for tlb in self._tlbs:
-            saved = {vpn: tlb[vpn] for vpn in keep if vpn in tlb}
-            tlb.clear()
-            tlb.update(saved)
+        # Drop the non-global entries only; the tracking maps keep stale linear
+        # pages, which at worst drop an entry that was already gone.
+        tlbs = self._tlbs
+        for vpn in self._local:
+            for tlb in tlbs:
+                tlb.pop(vpn, None)
+        self._local.clear()
 
     def invlpg(self, linear: int) -> None:
         """INVLPG: drop the page holding `linear`, the whole page if it is large (SDM Vol. 3 4.10.4.1)."""
@@ -324,6 +327,8 @@ class Mmu:
         tlbs[access * 2 + user][vpn] = entry
         if is_global:
             self._global.add(vpn)
+        else:
+            self._local.add(vpn)
         if shift != 12:
             self._large.setdefault((shift, linear >> shift), set()).add(vpn)
         return entry
