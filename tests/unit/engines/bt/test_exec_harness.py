@@ -13,6 +13,7 @@ from xvm.engines.bt.state import CS, CpuState, SegmentCache
 
 PAGE = 4096
 CODE = 0x10000
+CODE16 = 0x1000  # within a real-mode CS limit
 
 
 class SparseMmu:
@@ -113,7 +114,7 @@ def make_cpu(bits: int, cpl: int = 0) -> CpuState:
             cpu.segs[i].selector = (8 * (i + 1)) | cpl
     cpu.refresh_mode()
     cpu.cpl = cpl
-    cpu.rip = CODE
+    cpu.rip = CODE if bits != 16 else CODE16
     cpu.regs[4] = 0x8000
     return cpu
 
