@@ -34,8 +34,7 @@ from xvm.devices.legacy.post_code import PostCode
 from xvm.devices.legacy.uart8250 import Uart8250
 from xvm.engines.base import Engine, Vcpu, VmBackend
 from xvm.errors import ConfigError, KvmError
-from xvm.loaders import LoadedGuest, load_guest
-from xvm.loaders.bzimage import is_bzimage
+from xvm.loaders import LoadedGuest, is_linux_kernel, load_guest
 from xvm.machine.exits import ExitDispatcher
 from xvm.memory import GuestMemory
 
@@ -168,7 +167,7 @@ def _with_engine_hints(config: MachineConfig, vm: VmBackend) -> MachineConfig:
     if not hints or config.boot.kernel is None:
         return config
     with open(config.boot.kernel, "rb") as kernel:
-        if not is_bzimage(kernel.read(4096)):
+        if not is_linux_kernel(kernel.read()):
             return config
     return replace(config, boot=replace(config.boot, cmdline=f"{config.boot.cmdline} {hints}"))
 
