@@ -229,7 +229,11 @@ class BtVcpu:
         self._wake = threading.Event()
         #: Instruction count at which the next boundary check (timers, interrupts, kick) is due.
         self._poll_at = 0
+        #: The timers' next deadline, re-read after device accesses and every POLL_INTERVAL
+        #: instructions (polls for interrupts after STI/POPF need not ask again).
         self._deadline: Optional[int] = None
+        self._deadline_stale = True
+        self._deadline_read_at = 0
 
     # --- register state -------------------------------------------------------
     def get_regs(self) -> Regs:
@@ -270,6 +274,7 @@ class BtVcpu:
         """A device was accessed: it may have raised an interrupt or moved a timer deadline."""
         self.counters.device_exits += 1
         self._poll_at = 0
+        self._deadline_stale = True
 
     # --- the run loop --------------------------------------------------------
     def run(self) -> VcpuExit:
@@ -348,13 +353,13 @@ class BtVcpu:
             self._wake.clear()
             return Interrupted()
         clock = self._clock
-        timers = self._timers
         if self.index == 0:
-            deadline = timers.next_deadline()
+            deadline = self._deadline
+            if self._deadline_stale or cpu.icount - self._deadline_read_at >= POLL_INTERVAL:
+                deadline = self._read_deadline()
             if deadline is not None and clock.now_ns() >= deadline:
-                timers.tick(clock.now_ns())
-                deadline = timers.next_deadline()
-            self._deadline = deadline
+                self._timers.tick(clock.now_ns())
+                deadline = self._read_deadline()
         else:
             deadline = None
         if cpu.rflags & RFLAGS_IF and not cpu.interrupt_shadow and self._interrupts.pending(self.index):
@@ -370,6 +375,13 @@ class BtVcpu:
                 next_poll = min(next_poll, cpu.icount + max(1, clock.instructions_until(deadline)))
         self._poll_at = next_poll
         return None
+
+    def _read_deadline(self) -> Optional[int]:
+        """Ask the timers for their next deadline (after device accesses, ticks, or now and then)."""
+        self._deadline = self._timers.next_deadline()
+        self._deadline_stale = False
+        self._deadline_read_at = self.cpu.icount
+        return self._deadline
 
     def _deliver_external(self, vector: int) -> Optional[VcpuExit]:
         """Take an external interrupt at this instruction boundary (SDM Vol. 3 6.8.1)."""
@@ -393,7 +405,7 @@ class BtVcpu:
             self._poll_at = 0
             return None
         clock = self._clock
-        deadline = self._timers.next_deadline() if self.index == 0 else None
+        deadline = self._read_deadline() if self.index == 0 else None
         if deadline is not None and clock.virtual:
             # Nothing runs until the next timer fires: let virtual time skip there.
             self.counters.idle_skips += 1

@@ -16,14 +16,18 @@ from __future__ import annotations
 class BtStats:
     """Counters of one vCPU (see the module docstring)."""
 
-    __slots__ = ("blocks_translated", "cache_hits", "chained", "invalidations",
+    __slots__ = ("emulated_instructions", "blocks_translated", "cache_hits", "chained", "invalidations",
                  "device_exits", "interrupts", "faults", "idle_skips", "run_ns", "run_instructions",
                  "interpreted_instructions")
 
     def __init__(self) -> None:
-        #: Instructions the interpreter stepped (sensitive ones, page crossers, traced runs);
-        #: every other retired instruction ran inside a translated block.
+        #: Instructions the interpreter stepped (page crossers, the instruction after STI or
+        #: MOV SS, TF=1, traced runs).
         self.interpreted_instructions = 0
+        #: Sensitive instructions emulated at the end of a block, after which the monitor
+        #: takes over (trap-and-emulate without a separate fetch and decode). Every other
+        #: retired instruction ran inside translated code.
+        self.emulated_instructions = 0
         self.blocks_translated = 0
         #: Block lookups served from the cache, chained successors included.
         self.cache_hits = 0
@@ -44,13 +48,14 @@ class BtStats:
     def snapshot(self, icount: int, mmu_stats: dict) -> dict:
         """The stats dict of `xvm run --stats` (JSON-serialisable)."""
         seconds = self.run_ns / 1e9
-        translated = icount - self.interpreted_instructions
+        translated = icount - self.interpreted_instructions - self.emulated_instructions
         return {
             "guest_instructions": icount,
             "mips": round(self.run_instructions / seconds / 1e6, 3) if seconds > 0 else 0.0,
             "run_seconds": round(seconds, 3),
             "translated_instructions": translated,
             "interpreted_instructions": self.interpreted_instructions,
+            "emulated_instructions": self.emulated_instructions,
             "blocks_translated": self.blocks_translated,
             "cache_hits": self.cache_hits,
             "chained": self.chained,

@@ -7,8 +7,12 @@ starting at one linear address and ending
   looks up (or follows the chain link to) the block at the new RIP; and after
   a REP string instruction, which may stop part-way and point RIP back at
   itself so that interrupts can come between iterations (SDM Vol. 1 7.3.9.2);
-* *before* a sensitive instruction (below): the interpreter executes it alone,
-  with every CPL/IOPL check the SDM gives — trap-and-emulate;
+* *after* a sensitive instruction (below), which is emulated by its handler
+  with every CPL/IOPL check the SDM gives, and then hands control back to the
+  monitor's loop (trap-and-emulate: the loop re-examines interrupts, the
+  interrupt shadow, HLT and TF, and looks the next block up afresh because
+  the mode or CS may have changed). The stats count these as the monitor's
+  interventions, not as translated execution;
 * before an instruction that crosses the page end or the CS limit, wraps IP,
   or does not decode (the interpreter raises the precise fault when it gets
   there); and after MAX_BLOCK_INSTRUCTIONS.
@@ -16,7 +20,7 @@ starting at one linear address and ending
 A block therefore never spans two physical pages, so "which blocks does a
 store to page P hit" is a per-page question, and never contains an
 instruction that changes the operating mode, CS, IF or the interrupt shadow,
-so the code it was translated for stays right until its last instruction.
+except as its last, so the code it was translated for stays right until then.
 """
 
 from __future__ import annotations
@@ -28,12 +32,13 @@ from xvm.engines.bt.faults import GuestFault
 
 MAX_BLOCK_INSTRUCTIONS = 64
 
-#: Mnemonics never run inside a translated block. They change the operating
-#: mode, CS, IF, the interrupt shadow or paging (POPF, IRET, CLI/STI, MOV SS,
-#: LSS, far transfers, INT, SYSCALL..., MOV CRn/DRn, LMSW, CLTS, INVLPG,
-#: WRMSR), touch devices (IN/OUT/INS/OUTS), read the time (RDTSC/RDTSCP count
-#: retired instructions, which a block only settles at its end), stop the CPU
-#: (HLT) or are privileged system instructions the interpreter checks anyway.
+#: Sensitive mnemonics: only ever the last instruction of a block. They change
+#: the operating mode, CS, IF, the interrupt shadow or paging (POPF, IRET,
+#: CLI/STI, MOV SS, LSS, far transfers, INT, SYSCALL..., MOV CRn/DRn, LMSW,
+#: CLTS, INVLPG, WRMSR), touch devices (IN/OUT/INS/OUTS), read the time
+#: (RDTSC/RDTSCP: the block settles the instruction count before its last
+#: instruction, so they read it exactly), stop the CPU (HLT) or are
+#: privileged system instructions.
 SENSITIVE = frozenset((
     "hlt", "cli", "sti", "popf", "iret", "int", "int1", "int3", "into", "retf",
     "in", "out", "insb", "insw", "outsb", "outsw",
@@ -59,7 +64,7 @@ _SS = 2
 
 
 def is_sensitive(ins: Instr) -> bool:
-    """True when `ins` must go through the interpreter (see SENSITIVE)."""
+    """True when `ins` must end its block and return to the monitor (see SENSITIVE)."""
     op = ins.op
     mnemonic = op.mnemonic
     if mnemonic in SENSITIVE:
@@ -91,7 +96,7 @@ def may_fault_after_commit(ins: Instr) -> bool:
     Register-only instructions fault, if at all, before changing anything.
     """
     mnemonic = ins.op.mnemonic
-    return touches_memory(ins) or mnemonic in STACK_OPS or mnemonic in STRING_OPS
+    return touches_memory(ins) or mnemonic in STACK_OPS or mnemonic in STRING_OPS or is_sensitive(ins)
 
 
 def ends_block(ins: Instr) -> bool:
@@ -116,10 +121,10 @@ def scan(code: bytes, rip: int, bits: int, cs_limit: Optional[int]) -> list:
         except (NeedMoreBytes, GuestFault):
             break
         end = rip + pos + ins.length
-        if end - 1 > ip_mask or (cs_limit is not None and end - 1 > cs_limit) or is_sensitive(ins):
+        if end - 1 > ip_mask or (cs_limit is not None and end - 1 > cs_limit):
             break
         out.append(ins)
         pos += ins.length
-        if ends_block(ins):
+        if ends_block(ins) or is_sensitive(ins):
             break
     return out

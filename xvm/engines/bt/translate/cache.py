@@ -32,9 +32,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+from xvm.arch.x86.regs import RFLAGS_IF
 from xvm.engines.bt.mmu.walker import ACCESS_EXEC
 from xvm.engines.bt.state import CS, MODE_LONG
-from xvm.engines.bt.translate.blocks import scan
+from xvm.engines.bt.translate.blocks import is_sensitive, scan
 from xvm.engines.bt.translate.codegen import generate
 
 #: Above this many blocks the cache starts over (a guest that generates code forever).
@@ -45,10 +46,12 @@ _PAGE = 0x1000
 class Block:
     """One translated block and its chain links."""
 
-    __slots__ = ("fn", "key", "paddr", "raw", "vpn", "valid", "rip0", "next0", "rip1", "next1")
+    __slots__ = ("fn", "key", "paddr", "raw", "vpn", "valid", "rip0", "next0", "rip1", "next1", "sensitive")
 
-    def __init__(self, fn, key: tuple, paddr: int, raw: bytes, vpn: int) -> None:
+    def __init__(self, fn, key: tuple, paddr: int, raw: bytes, vpn: int, sensitive: bool) -> None:
         self.fn = fn
+        #: Its last instruction is sensitive: after it, control returns to the monitor.
+        self.sensitive = sensitive
         self.key = key
         self.paddr = paddr
         #: The guest bytes it was translated from (checked when its page is written).
@@ -100,6 +103,9 @@ class BlockCache:
         chained = 0
         try:
             while True:
+                if block.sensitive:
+                    self._run_sensitive(block, vcpu)
+                    return True
                 block.fn()
                 if smc[0]:
                     smc[0] = 0
@@ -131,6 +137,22 @@ class BlockCache:
         finally:
             self.counters.chained += chained
             self.counters.cache_hits += chained
+
+    def _run_sensitive(self, block: Block, vcpu) -> None:
+        """Run a block ending in a sensitive instruction; tell the monitor what it must re-examine.
+
+        IF turned on (STI, POPF, IRET), an interrupt shadow (STI, MOV SS) or
+        HLT: the run loop must look at interrupts before going on.
+        """
+        cpu = self.cpu
+        interrupts_were_off = not cpu.rflags & RFLAGS_IF
+        block.fn()
+        if self._smc[0]:
+            self._smc[0] = 0  # a store before the tail hit translated code: the tail did not run
+        else:
+            self.counters.emulated_instructions += 1
+        if (interrupts_were_off and cpu.rflags & RFLAGS_IF) or cpu.interrupt_shadow or cpu.halted:
+            vcpu._poll_at = 0
 
     def _lookup(self, rip: int) -> Optional[Block]:
         """The block at CS:RIP, translated now if needed; None when it cannot start here."""
@@ -171,7 +193,7 @@ class BlockCache:
             return None
         length = sum(ins.length for ins in instrs)
         fn = generate(instrs, rip, cpu, mmu, self.io, self._smc)
-        block = Block(fn, key, paddr, bytes(code[:length]), linear >> 12)
+        block = Block(fn, key, paddr, bytes(code[:length]), linear >> 12, is_sensitive(instrs[-1]))
         self._blocks[key] = block
         self._pages.setdefault(ppn, []).append(block)
         self.counters.blocks_translated += 1
