@@ -26,7 +26,7 @@ from __future__ import annotations
 from xvm.engines.bt.decoder.decoder import OPDEFS, Instr, NeedMoreBytes, decode
 from xvm.engines.bt.decoder.disasm import format_instr
 from xvm.engines.bt.faults import GP, GuestFault
-from xvm.engines.bt.ops import alu, flow, sse, string, system  # noqa: F401 - registers the handlers
+from xvm.engines.bt.ops import alu, flow, sse, sse_fp, string, system  # noqa: F401 - registers the handlers
 from xvm.engines.bt.ops import io as port_io  # noqa: F401 - registers the handlers
 from xvm.engines.bt.ops.common import HANDLERS
 from xvm.engines.bt.state import CS, MODE_LONG, RSP, CpuState

@@ -39,6 +39,28 @@ from __future__ import annotations
 
 ALU_OPS = ("add", "or", "adc", "sbb", "and", "sub", "xor", "cmp")
 SHIFT_OPS = ("rol", "ror", "rcl", "rcr", "shl", "shr", "sal", "sar")
+#: SSE2 packed-integer ops with a Vx,Wx form (66 0F xx /r): opcode, mnemonic.
+PACKED_INT_OPS = (
+    ("60", "punpcklbw"), ("61", "punpcklwd"), ("62", "punpckldq"), ("6C", "punpcklqdq"),
+    ("68", "punpckhbw"), ("69", "punpckhwd"), ("6A", "punpckhdq"), ("6D", "punpckhqdq"),
+    ("63", "packsswb"), ("67", "packuswb"), ("6B", "packssdw"),
+    ("64", "pcmpgtb"), ("65", "pcmpgtw"), ("66", "pcmpgtd"), ("74", "pcmpeqb"), ("75", "pcmpeqw"), ("76", "pcmpeqd"),
+    ("FC", "paddb"), ("FD", "paddw"), ("FE", "paddd"), ("D4", "paddq"),
+    ("F8", "psubb"), ("F9", "psubw"), ("FA", "psubd"), ("FB", "psubq"),
+    ("DA", "pminub"), ("DE", "pmaxub"), ("EA", "pminsw"), ("EE", "pmaxsw"),
+    ("DB", "pand"), ("DF", "pandn"), ("EB", "por"), ("EF", "pxor"),
+    ("D1", "psrlw"), ("D2", "psrld"), ("D3", "psrlq"), ("E1", "psraw"), ("E2", "psrad"),
+    ("F1", "psllw"), ("F2", "pslld"), ("F3", "psllq"), ("F4", "pmuludq"),
+)
+#: Shifts by an immediate (66 0F 71/72/73 /digit ib, register operand only).
+PACKED_SHIFT_IMM = (
+    ("71", 2, "psrlw"), ("71", 4, "psraw"), ("71", 6, "psllw"),
+    ("72", 2, "psrld"), ("72", 4, "psrad"), ("72", 6, "pslld"),
+    ("73", 2, "psrlq"), ("73", 3, "psrldq"), ("73", 6, "psllq"), ("73", 7, "pslldq"),
+)
+#: Scalar floating point (F2 = double "sd", F3 = single "ss"): opcode, mnemonic stem.
+SCALAR_FP_OPS = (("51", "sqrt"), ("58", "add"), ("59", "mul"), ("5C", "sub"), ("5D", "min"), ("5E", "div"),
+                 ("5F", "max"))
 #: Condition-code suffixes in encoding order (SDM Vol. 1 B.1).
 CC_NAMES = ("o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g")
 
@@ -289,17 +311,32 @@ def _rows() -> list[tuple[str, str, str, str]]:
     add(("0F C7 /1 m", "cmpxchg8b", "Mq", "lock W0"))
     add(("0F C7 /1 m", "cmpxchg16b", "Mdq", "lock W1 o64"))
     add(("0F C8+r", "bswap", "Zv", ""))
-    # --- SSE/SSE2 moves and logic a kernel and libc string functions use ---
-    add(("NP 0F 10 /r", "movups", "Vx,Wx", ""))
-    add(("NP 0F 11 /r", "movups", "Wx,Vx", ""))
-    add(("66 0F 10 /r", "movupd", "Vx,Wx", ""))
-    add(("66 0F 11 /r", "movupd", "Wx,Vx", ""))
-    add(("NP 0F 28 /r", "movaps", "Vx,Wx", ""))
-    add(("NP 0F 29 /r", "movaps", "Wx,Vx", ""))
-    add(("66 0F 28 /r", "movapd", "Vx,Wx", ""))
-    add(("66 0F 29 /r", "movapd", "Wx,Vx", ""))
-    add(("NP 0F 57 /r", "xorps", "Vx,Wx", ""))
-    add(("66 0F 57 /r", "xorpd", "Vx,Wx", ""))
+    # --- SSE/SSE2: moves, packed-integer and logic ops, scalar floating point (what glibc's baseline
+    # string/memory functions and busybox's arithmetic use; no packed floating-point arithmetic) ---
+    for opc, ps, pd in (("10", "movups", "movupd"), ("28", "movaps", "movapd")):
+        store = f"{int(opc, 16) + 1:02X}"
+        add((f"NP 0F {opc} /r", ps, "Vx,Wx", ""))
+        add((f"NP 0F {store} /r", ps, "Wx,Vx", ""))
+        add((f"66 0F {opc} /r", pd, "Vx,Wx", ""))
+        add((f"66 0F {store} /r", pd, "Wx,Vx", ""))
+    add(("F3 0F 10 /r", "movss", "Vx,Wd", ""))
+    add(("F3 0F 11 /r", "movss", "Wd,Vx", ""))
+    add(("F2 0F 10 /r", "movsd", "Vx,Wq", ""))
+    add(("F2 0F 11 /r", "movsd", "Wq,Vx", ""))
+    add(("NP 0F 12 /r m", "movlps", "Vx,Mq", ""))
+    add(("NP 0F 12 /r r", "movhlps", "Vx,Ux", ""))
+    add(("NP 0F 13 /r m", "movlps", "Mq,Vx", ""))
+    add(("NP 0F 16 /r m", "movhps", "Vx,Mq", ""))
+    add(("NP 0F 16 /r r", "movlhps", "Vx,Ux", ""))
+    add(("NP 0F 17 /r m", "movhps", "Mq,Vx", ""))
+    add(("66 0F 12 /r m", "movlpd", "Vx,Mq", ""))
+    add(("66 0F 13 /r m", "movlpd", "Mq,Vx", ""))
+    add(("66 0F 16 /r m", "movhpd", "Vx,Mq", ""))
+    add(("66 0F 17 /r m", "movhpd", "Mq,Vx", ""))
+    add(("NP 0F 2B /r m", "movntps", "Mx,Vx", ""))
+    add(("66 0F 2B /r m", "movntpd", "Mx,Vx", ""))
+    add(("66 0F E7 /r m", "movntdq", "Mx,Vx", ""))
+    add(("NP 0F C3 /r m", "movnti", "My,Gy", ""))
     add(("66 0F 6E /r", "movd/movd/movq", "Vx,Ey", ""))
     add(("66 0F 7E /r", "movd/movd/movq", "Ey,Vx", ""))
     add(("F3 0F 7E /r", "movq", "Vx,Wq", ""))
@@ -308,14 +345,39 @@ def _rows() -> list[tuple[str, str, str, str]]:
     add(("66 0F 7F /r", "movdqa", "Wx,Vx", ""))
     add(("F3 0F 6F /r", "movdqu", "Vx,Wx", ""))
     add(("F3 0F 7F /r", "movdqu", "Wx,Vx", ""))
-    add(("66 0F 74 /r", "pcmpeqb", "Vx,Wx", ""))
-    add(("66 0F D7 /r r", "pmovmskb", "Gd,Ux", ""))
-    add(("66 0F DA /r", "pminub", "Vx,Wx", ""))
-    add(("66 0F DB /r", "pand", "Vx,Wx", ""))
-    add(("66 0F EB /r", "por", "Vx,Wx", ""))
-    add(("66 0F EF /r", "pxor", "Vx,Wx", ""))
-    add(("66 0F 60 /r", "punpcklbw", "Vx,Wx", ""))
+    for opc, ps, pd in (("14", "unpcklps", "unpcklpd"), ("15", "unpckhps", "unpckhpd"), ("54", "andps", "andpd"),
+                        ("55", "andnps", "andnpd"), ("56", "orps", "orpd"), ("57", "xorps", "xorpd")):
+        add((f"NP 0F {opc} /r", ps, "Vx,Wx", ""))
+        add((f"66 0F {opc} /r", pd, "Vx,Wx", ""))
+    add(("NP 0F C6 /r", "shufps", "Vx,Wx,Ib", ""))
+    add(("66 0F C6 /r", "shufpd", "Vx,Wx,Ib", ""))
+    add(("NP 0F 50 /r r", "movmskps", "Gy,Ux", ""))
+    add(("66 0F 50 /r r", "movmskpd", "Gy,Ux", ""))
+    for opc, name in PACKED_INT_OPS:
+        add((f"66 0F {opc} /r", name, "Vx,Wx", ""))
+    for opc, digit, name in PACKED_SHIFT_IMM:
+        add((f"66 0F {opc} /{digit} r", name, "Ux,Ib", ""))
+    add(("66 0F D7 /r r", "pmovmskb", "Gy,Ux", ""))
     add(("66 0F 70 /r", "pshufd", "Vx,Wx,Ib", ""))
+    add(("F2 0F 70 /r", "pshuflw", "Vx,Wx,Ib", ""))
+    add(("F3 0F 70 /r", "pshufhw", "Vx,Wx,Ib", ""))
+    add(("66 0F C5 /r r", "pextrw", "Gy,Ux,Ib", ""))
+    add(("66 0F C4 /r", "pinsrw", "Vx,Ew,Ib", ""))
+    for opc, name in SCALAR_FP_OPS:
+        add((f"F2 0F {opc} /r", name + "sd", "Vx,Wq", ""))
+        add((f"F3 0F {opc} /r", name + "ss", "Vx,Wd", ""))
+    add(("F2 0F 2A /r", "cvtsi2sd", "Vx,Ey", ""))
+    add(("F3 0F 2A /r", "cvtsi2ss", "Vx,Ey", ""))
+    add(("F2 0F 2C /r", "cvttsd2si", "Gy,Wq", ""))
+    add(("F2 0F 2D /r", "cvtsd2si", "Gy,Wq", ""))
+    add(("F3 0F 2C /r", "cvttss2si", "Gy,Wd", ""))
+    add(("F3 0F 2D /r", "cvtss2si", "Gy,Wd", ""))
+    add(("F3 0F 5A /r", "cvtss2sd", "Vx,Wd", ""))
+    add(("F2 0F 5A /r", "cvtsd2ss", "Vx,Wq", ""))
+    add(("66 0F 2E /r", "ucomisd", "Vx,Wq", ""))
+    add(("66 0F 2F /r", "comisd", "Vx,Wq", ""))
+    add(("NP 0F 2E /r", "ucomiss", "Vx,Wd", ""))
+    add(("NP 0F 2F /r", "comiss", "Vx,Wd", ""))
     return t
 
 

@@ -1,9 +1,10 @@
-"""x87 control state, FXSAVE/FXRSTOR, MXCSR and the SSE2 integer/move subset.
+"""x87 control state, FXSAVE/FXRSTOR, MXCSR, and SSE/SSE2 moves and packed-integer ops.
 
 Only what a 64-bit Linux kernel and a static busybox execute: the kernel
 initialises and saves FPU state (FNINIT, FLDCW, FXSAVE/FXRSTOR, LDMXCSR)
-and libc string functions use 128-bit moves, PXOR, PCMPEQB, PMOVMSKB,
-PMINUB, POR/PAND, PUNPCKLBW, PSHUFD. There is no x87 arithmetic: the data
+and glibc's baseline (SSE2) string and memory functions use 128-bit moves
+and packed byte/word/dword compares, arithmetic, shuffles and shifts.
+Scalar floating point is in sse_fp.py. There is no x87 arithmetic: the data
 registers are kept as opaque 80-bit values so FXSAVE/FXRSTOR round-trip
 them. XMM registers are 128-bit ints in `cpu.xmm`; `cpu.fpu` holds an
 `FpuState`. SSE instructions need CR4.OSFXSR (else #UD), CR0.EM clear (#UD)
@@ -48,7 +49,7 @@ def fpu(cpu) -> FpuState:
     return state
 
 
-def _sse_check(cpu) -> None:
+def sse_check(cpu) -> None:
     if cpu.cr0 & CR0_EM or not cpu.cr4 & CR4_OSFXSR:
         raise ud()
     if cpu.cr0 & CR0_TS:
@@ -145,7 +146,7 @@ def fxrstor_M(cpu, mmu, ins, io):
 
 @handles("ldmxcsr_Md")
 def ldmxcsr_Md(cpu, mmu, ins, io):
-    _sse_check(cpu)
+    sse_check(cpu)
     value = read_E(cpu, mmu, ins, 4)
     if value & ~MXCSR_MASK:
         raise gp0()
@@ -154,130 +155,332 @@ def ldmxcsr_Md(cpu, mmu, ins, io):
 
 @handles("stmxcsr_Md")
 def stmxcsr_Md(cpu, mmu, ins, io):
-    _sse_check(cpu)
+    sse_check(cpu)
     write_E(cpu, mmu, ins, 4, cpu.mxcsr)
 
 
-# --- SSE/SSE2 data movement and integer ops -----------------------------------------
+# --- operands -------------------------------------------------------------------
 
-def _read_W(cpu, mmu, ins, size: int, aligned: bool) -> int:
-    """xmm register or `size`-byte memory operand (aligned: 16-byte alignment or #GP(0))."""
+def read_W(cpu, mmu, ins, size: int, aligned: bool = False) -> int:
+    """xmm register (its low `size` bytes) or a `size`-byte memory operand; aligned: 16-byte or #GP(0)."""
     if not ins.is_mem:
         return cpu.xmm[ins.rm] & ((1 << (size * 8)) - 1)
     off = ea(cpu, ins)
     if aligned and off & 15:
         raise gp0()
     lin = seg_linear(cpu, ins.seg, off, size, False)
+    if size <= 8:
+        return mmu.read(lin, size, cpu.cpl == 3)
     return int.from_bytes(mmu.read_bytes(lin, size, cpu.cpl == 3), "little")
 
 
-def _write_W(cpu, mmu, ins, size: int, value: int, aligned: bool) -> None:
-    if not ins.is_mem:
-        cpu.xmm[ins.rm] = value & M128 if size == 16 else value
-        return
+def write_M(cpu, mmu, ins, size: int, value: int, aligned: bool = False) -> None:
+    """Store `size` bytes to the memory operand."""
     off = ea(cpu, ins)
     if aligned and off & 15:
         raise gp0()
     lin = seg_linear(cpu, ins.seg, off, size, True)
-    mmu.write_bytes(lin, value.to_bytes(size, "little"), cpu.cpl == 3)
+    if size <= 8:
+        mmu.write(lin, size, value, cpu.cpl == 3)
+    else:
+        mmu.write_bytes(lin, value.to_bytes(size, "little"), cpu.cpl == 3)
 
 
-_ALIGNED = frozenset(("movaps", "movapd", "movdqa"))
+_ALIGNED = frozenset(("movaps", "movapd", "movdqa", "movntps", "movntpd", "movntdq"))
+_LOW64 = 0xFFFFFFFFFFFFFFFF
 
+
+# --- moves -------------------------------------------------------------------
 
 @handles("movups_Vx_Wx", "movupd_Vx_Wx", "movaps_Vx_Wx", "movapd_Vx_Wx", "movdqa_Vx_Wx", "movdqu_Vx_Wx")
 def mov_Vx_Wx(cpu, mmu, ins, io):
-    _sse_check(cpu)
-    cpu.xmm[ins.reg] = _read_W(cpu, mmu, ins, 16, ins.op.mnemonic in _ALIGNED)
+    sse_check(cpu)
+    cpu.xmm[ins.reg] = read_W(cpu, mmu, ins, 16, ins.op.mnemonic in _ALIGNED)
 
 
-@handles("movups_Wx_Vx", "movupd_Wx_Vx", "movaps_Wx_Vx", "movapd_Wx_Vx", "movdqa_Wx_Vx", "movdqu_Wx_Vx")
+@handles("movups_Wx_Vx", "movupd_Wx_Vx", "movaps_Wx_Vx", "movapd_Wx_Vx", "movdqa_Wx_Vx", "movdqu_Wx_Vx",
+         "movntps_Mx_Vx", "movntpd_Mx_Vx", "movntdq_Mx_Vx")
 def mov_Wx_Vx(cpu, mmu, ins, io):
-    _sse_check(cpu)
-    _write_W(cpu, mmu, ins, 16, cpu.xmm[ins.reg], ins.op.mnemonic in _ALIGNED)
+    sse_check(cpu)
+    if ins.is_mem:
+        write_M(cpu, mmu, ins, 16, cpu.xmm[ins.reg], ins.op.mnemonic in _ALIGNED)
+    else:
+        cpu.xmm[ins.rm] = cpu.xmm[ins.reg]
+
+
+@handles("movss_Vx_Wd", "movsd_Vx_Wq")
+def movs_scalar_load(cpu, mmu, ins, io):
+    """From memory the rest of the register is zeroed; from a register only the low element moves."""
+    sse_check(cpu)
+    size = 4 if ins.op.mnemonic == "movss" else 8
+    mask = (1 << (size * 8)) - 1
+    value = read_W(cpu, mmu, ins, size)
+    cpu.xmm[ins.reg] = value if ins.is_mem else (cpu.xmm[ins.reg] & ~mask) | value
+
+
+@handles("movss_Wd_Vx", "movsd_Wq_Vx")
+def movs_scalar_store(cpu, mmu, ins, io):
+    sse_check(cpu)
+    size = 4 if ins.op.mnemonic == "movss" else 8
+    mask = (1 << (size * 8)) - 1
+    if ins.is_mem:
+        write_M(cpu, mmu, ins, size, cpu.xmm[ins.reg] & mask)
+    else:
+        cpu.xmm[ins.rm] = (cpu.xmm[ins.rm] & ~mask) | (cpu.xmm[ins.reg] & mask)
+
+
+@handles("movlps_Vx_Mq", "movlpd_Vx_Mq", "movhps_Vx_Mq", "movhpd_Vx_Mq")
+def movlh_load(cpu, mmu, ins, io):
+    sse_check(cpu)
+    value = read_W(cpu, mmu, ins, 8)
+    old = cpu.xmm[ins.reg]
+    if ins.op.mnemonic[3] == "l":
+        cpu.xmm[ins.reg] = (old & ~_LOW64) | value
+    else:
+        cpu.xmm[ins.reg] = (old & _LOW64) | (value << 64)
+
+
+@handles("movlps_Mq_Vx", "movlpd_Mq_Vx", "movhps_Mq_Vx", "movhpd_Mq_Vx")
+def movlh_store(cpu, mmu, ins, io):
+    sse_check(cpu)
+    value = cpu.xmm[ins.reg]
+    write_M(cpu, mmu, ins, 8, value & _LOW64 if ins.op.mnemonic[3] == "l" else value >> 64)
+
+
+@handles("movhlps_Vx_Ux", "movlhps_Vx_Ux")
+def movhlps(cpu, mmu, ins, io):
+    sse_check(cpu)
+    old, src = cpu.xmm[ins.reg], cpu.xmm[ins.rm]
+    if ins.op.mnemonic == "movhlps":
+        cpu.xmm[ins.reg] = (old & ~_LOW64) | (src >> 64)
+    else:
+        cpu.xmm[ins.reg] = (old & _LOW64) | ((src & _LOW64) << 64)
+
+
+@handles("movnti_My_Gy")
+def movnti_My_Gy(cpu, mmu, ins, io):
+    size = 8 if ins.rex & 8 else 4
+    write_M(cpu, mmu, ins, size, cpu.regs[ins.reg] & ((1 << (size * 8)) - 1))
 
 
 @handles("movd_Vx_Ey")
 def movd_Vx_Ey(cpu, mmu, ins, io):
-    _sse_check(cpu)
+    sse_check(cpu)
     cpu.xmm[ins.reg] = read_E(cpu, mmu, ins, 8 if ins.rex & 8 else 4)
 
 
 @handles("movd_Ey_Vx")
 def movd_Ey_Vx(cpu, mmu, ins, io):
-    _sse_check(cpu)
+    sse_check(cpu)
     size = 8 if ins.rex & 8 else 4
     write_E(cpu, mmu, ins, size, cpu.xmm[ins.reg] & ((1 << (size * 8)) - 1))
 
 
 @handles("movq_Vx_Wq")
 def movq_Vx_Wq(cpu, mmu, ins, io):
-    _sse_check(cpu)
-    cpu.xmm[ins.reg] = _read_W(cpu, mmu, ins, 8, False)
+    sse_check(cpu)
+    cpu.xmm[ins.reg] = read_W(cpu, mmu, ins, 8)
 
 
 @handles("movq_Wq_Vx")
 def movq_Wq_Vx(cpu, mmu, ins, io):
     """The register form zeroes the destination's upper quadword (SDM Vol. 2 MOVQ)."""
-    _sse_check(cpu)
-    _write_W(cpu, mmu, ins, 8, cpu.xmm[ins.reg] & 0xFFFFFFFFFFFFFFFF, False)
+    sse_check(cpu)
+    value = cpu.xmm[ins.reg] & _LOW64
+    if ins.is_mem:
+        write_M(cpu, mmu, ins, 8, value)
+    else:
+        cpu.xmm[ins.rm] = value
 
 
-def _lanes(value: int) -> bytes:
-    return value.to_bytes(16, "little")
-
-
-def _bytewise(fn):
-    def h(cpu, mmu, ins, io):
-        _sse_check(cpu)
-        a = _lanes(cpu.xmm[ins.reg])
-        b = _lanes(_read_W(cpu, mmu, ins, 16, True))
-        cpu.xmm[ins.reg] = int.from_bytes(bytes(fn(x, y) for x, y in zip(a, b)), "little")
-    return h
-
-
-handles("pcmpeqb_Vx_Wx")(_bytewise(lambda x, y: 0xFF if x == y else 0))
-handles("pminub_Vx_Wx")(_bytewise(min))
-
-
-def _bitwise(fn):
-    def h(cpu, mmu, ins, io):
-        _sse_check(cpu)
-        cpu.xmm[ins.reg] = fn(cpu.xmm[ins.reg], _read_W(cpu, mmu, ins, 16, True))
-    return h
-
-
-handles("pxor_Vx_Wx", "xorps_Vx_Wx", "xorpd_Vx_Wx")(_bitwise(lambda a, b: a ^ b))
-handles("pand_Vx_Wx")(_bitwise(lambda a, b: a & b))
-handles("por_Vx_Wx")(_bitwise(lambda a, b: a | b))
-
-
-@handles("pmovmskb_Gd_Ux")
-def pmovmskb_Gd_Ux(cpu, mmu, ins, io):
-    _sse_check(cpu)
+@handles("movmskps_Gy_Ux", "movmskpd_Gy_Ux", "pmovmskb_Gy_Ux")
+def movmsk(cpu, mmu, ins, io):
+    """Sign bits of each byte/dword/qword into a GPR (zero-extended)."""
+    sse_check(cpu)
+    width = {"movmskps": 32, "movmskpd": 64, "pmovmskb": 8}[ins.op.mnemonic]
+    src = cpu.xmm[ins.rm]
     mask = 0
-    for i, byte in enumerate(_lanes(cpu.xmm[ins.rm])):
-        mask |= (byte >> 7) << i
-    set_reg(cpu, ins.reg, 8 if cpu.mode == MODE_LONG else 4, mask)
+    for i in range(128 // width):
+        mask |= ((src >> (width * i + width - 1)) & 1) << i
+    set_reg(cpu, ins.reg, 4, mask)
 
 
-@handles("punpcklbw_Vx_Wx")
-def punpcklbw_Vx_Wx(cpu, mmu, ins, io):
-    _sse_check(cpu)
-    a = _lanes(cpu.xmm[ins.reg])
-    b = _lanes(_read_W(cpu, mmu, ins, 16, True))
-    out = bytearray(16)
-    out[0::2] = a[:8]
-    out[1::2] = b[:8]
-    cpu.xmm[ins.reg] = int.from_bytes(bytes(out), "little")
+# --- packed integer ---------------------------------------------------------------
+
+def split(value: int, width: int) -> list[int]:
+    m = (1 << width) - 1
+    return [(value >> s) & m for s in range(0, 128, width)]
 
 
-@handles("pshufd_Vx_Wx_Ib")
-def pshufd_Vx_Wx_Ib(cpu, mmu, ins, io):
-    _sse_check(cpu)
-    src = _read_W(cpu, mmu, ins, 16, True)
-    order = ins.imm
+def join(lanes: list[int], width: int) -> int:
+    m = (1 << width) - 1
     value = 0
-    for i in range(4):
-        value |= ((src >> (32 * ((order >> (2 * i)) & 3))) & 0xFFFFFFFF) << (32 * i)
-    cpu.xmm[ins.reg] = value
+    for i, lane in enumerate(lanes):
+        value |= (lane & m) << (i * width)
+    return value
+
+
+def _sx(v: int, width: int) -> int:
+    return v - (1 << width) if v >> (width - 1) else v
+
+
+def _saturate(v: int, lo: int, hi: int) -> int:
+    return lo if v < lo else hi if v > hi else v
+
+
+def _lanewise(width: int, fn):
+    def op(a: int, b: int) -> int:
+        return join([fn(x, y, width) for x, y in zip(split(a, width), split(b, width))], width)
+    return op
+
+
+def _unpack(width: int, high: bool):
+    def op(a: int, b: int) -> int:
+        la, lb = split(a, width), split(b, width)
+        half = len(la) // 2
+        if high:
+            la, lb = la[half:], lb[half:]
+        out = []
+        for x, y in zip(la[:half], lb[:half]):
+            out += [x, y]
+        return join(out, width)
+    return op
+
+
+def _pack(width: int, signed_out: bool):
+    """PACKSSWB/PACKSSDW/PACKUSWB: narrow signed lanes of a then b with saturation."""
+    out_width = width // 2
+    lo, hi = (-(1 << (out_width - 1)), (1 << (out_width - 1)) - 1) if signed_out else (0, (1 << out_width) - 1)
+
+    def op(a: int, b: int) -> int:
+        lanes = [_saturate(_sx(v, width), lo, hi) for v in split(a, width) + split(b, width)]
+        return join(lanes, out_width)
+    return op
+
+
+def _shift_count(b: int) -> int:
+    return b & _LOW64
+
+
+def _shift(width: int, kind: str):
+    def op(a: int, count: int) -> int:
+        if kind == "sra":
+            count = min(count, width - 1)
+            return join([_sx(x, width) >> count for x in split(a, width)], width)
+        if count >= width:
+            return 0
+        if kind == "srl":
+            return join([x >> count for x in split(a, width)], width)
+        return join([x << count for x in split(a, width)], width)
+    return op
+
+
+def _cmp_eq(x, y, w):
+    return (1 << w) - 1 if x == y else 0
+
+
+def _cmp_gt(x, y, w):
+    return (1 << w) - 1 if _sx(x, w) > _sx(y, w) else 0
+
+
+#: mnemonic -> fn(dest value, source value) -> new dest value, for the Vx,Wx packed-integer rows.
+PACKED_INT = {
+    "punpcklbw": _unpack(8, False), "punpcklwd": _unpack(16, False), "punpckldq": _unpack(32, False),
+    "punpcklqdq": _unpack(64, False), "punpckhbw": _unpack(8, True), "punpckhwd": _unpack(16, True),
+    "punpckhdq": _unpack(32, True), "punpckhqdq": _unpack(64, True),
+    "unpcklps": _unpack(32, False), "unpckhps": _unpack(32, True),
+    "unpcklpd": _unpack(64, False), "unpckhpd": _unpack(64, True),
+    "packsswb": _pack(16, True), "packssdw": _pack(32, True), "packuswb": _pack(16, False),
+    "pcmpeqb": _lanewise(8, _cmp_eq), "pcmpeqw": _lanewise(16, _cmp_eq), "pcmpeqd": _lanewise(32, _cmp_eq),
+    "pcmpgtb": _lanewise(8, _cmp_gt), "pcmpgtw": _lanewise(16, _cmp_gt), "pcmpgtd": _lanewise(32, _cmp_gt),
+    "paddb": _lanewise(8, lambda x, y, w: x + y), "paddw": _lanewise(16, lambda x, y, w: x + y),
+    "paddd": _lanewise(32, lambda x, y, w: x + y), "paddq": _lanewise(64, lambda x, y, w: x + y),
+    "psubb": _lanewise(8, lambda x, y, w: x - y), "psubw": _lanewise(16, lambda x, y, w: x - y),
+    "psubd": _lanewise(32, lambda x, y, w: x - y), "psubq": _lanewise(64, lambda x, y, w: x - y),
+    "pminub": _lanewise(8, lambda x, y, w: min(x, y)), "pmaxub": _lanewise(8, lambda x, y, w: max(x, y)),
+    "pminsw": _lanewise(16, lambda x, y, w: x if _sx(x, w) < _sx(y, w) else y),
+    "pmaxsw": _lanewise(16, lambda x, y, w: x if _sx(x, w) > _sx(y, w) else y),
+    "pmuludq": lambda a, b: join([(a & 0xFFFFFFFF) * (b & 0xFFFFFFFF),
+                                  ((a >> 64) & 0xFFFFFFFF) * ((b >> 64) & 0xFFFFFFFF)], 64),
+    "pand": lambda a, b: a & b, "andps": lambda a, b: a & b, "andpd": lambda a, b: a & b,
+    "pandn": lambda a, b: ~a & b & M128, "andnps": lambda a, b: ~a & b & M128, "andnpd": lambda a, b: ~a & b & M128,
+    "por": lambda a, b: a | b, "orps": lambda a, b: a | b, "orpd": lambda a, b: a | b,
+    "pxor": lambda a, b: a ^ b, "xorps": lambda a, b: a ^ b, "xorpd": lambda a, b: a ^ b,
+    "psrlw": lambda a, b: _shift(16, "srl")(a, _shift_count(b)),
+    "psrld": lambda a, b: _shift(32, "srl")(a, _shift_count(b)),
+    "psrlq": lambda a, b: _shift(64, "srl")(a, _shift_count(b)),
+    "psraw": lambda a, b: _shift(16, "sra")(a, _shift_count(b)),
+    "psrad": lambda a, b: _shift(32, "sra")(a, _shift_count(b)),
+    "psllw": lambda a, b: _shift(16, "sll")(a, _shift_count(b)),
+    "pslld": lambda a, b: _shift(32, "sll")(a, _shift_count(b)),
+    "psllq": lambda a, b: _shift(64, "sll")(a, _shift_count(b)),
+}
+def _packed(fn):
+    """A Vx,Wx op: memory sources must be 16-byte aligned (legacy SSE encoding, SDM Vol. 1 11.4.1)."""
+
+    def h(cpu, mmu, ins, io):
+        sse_check(cpu)
+        cpu.xmm[ins.reg] = fn(cpu.xmm[ins.reg], read_W(cpu, mmu, ins, 16, True)) & M128
+    return h
+
+
+for _name, _fn in PACKED_INT.items():
+    handles(f"{_name}_Vx_Wx")(_packed(_fn))
+
+
+def _shift_imm(fn):
+    def h(cpu, mmu, ins, io):
+        sse_check(cpu)
+        cpu.xmm[ins.rm] = fn(cpu.xmm[ins.rm], ins.imm) & M128
+    return h
+
+
+for _name in ("psrlw", "psraw", "psllw", "psrld", "psrad", "pslld", "psrlq", "psllq"):
+    handles(f"{_name}_Ux_Ib")(_shift_imm(PACKED_INT[_name]))
+handles("psrldq_Ux_Ib")(_shift_imm(lambda a, n: a >> (8 * n) if n < 16 else 0))
+handles("pslldq_Ux_Ib")(_shift_imm(lambda a, n: (a << (8 * n)) if n < 16 else 0))
+
+
+@handles("pshufd_Vx_Wx_Ib", "pshuflw_Vx_Wx_Ib", "pshufhw_Vx_Wx_Ib")
+def pshuf(cpu, mmu, ins, io):
+    sse_check(cpu)
+    src = read_W(cpu, mmu, ins, 16, True)
+    order = ins.imm
+    name = ins.op.mnemonic
+    if name == "pshufd":
+        lanes = split(src, 32)
+        cpu.xmm[ins.reg] = join([lanes[(order >> (2 * i)) & 3] for i in range(4)], 32)
+        return
+    words = split(src, 16)
+    base = 0 if name == "pshuflw" else 4
+    picked = [words[base + ((order >> (2 * i)) & 3)] for i in range(4)]
+    words[base:base + 4] = picked
+    cpu.xmm[ins.reg] = join(words, 16)
+
+
+@handles("shufps_Vx_Wx_Ib", "shufpd_Vx_Wx_Ib")
+def shufps(cpu, mmu, ins, io):
+    sse_check(cpu)
+    src = read_W(cpu, mmu, ins, 16, True)
+    dst = cpu.xmm[ins.reg]
+    order = ins.imm
+    if ins.op.mnemonic == "shufps":
+        a, b = split(dst, 32), split(src, 32)
+        cpu.xmm[ins.reg] = join([a[order & 3], a[(order >> 2) & 3], b[(order >> 4) & 3], b[(order >> 6) & 3]], 32)
+    else:
+        a, b = split(dst, 64), split(src, 64)
+        cpu.xmm[ins.reg] = join([a[order & 1], b[(order >> 1) & 1]], 64)
+
+
+@handles("pextrw_Gy_Ux_Ib")
+def pextrw(cpu, mmu, ins, io):
+    sse_check(cpu)
+    set_reg(cpu, ins.reg, 4, (cpu.xmm[ins.rm] >> (16 * (ins.imm & 7))) & 0xFFFF)
+
+
+@handles("pinsrw_Vx_Ew_Ib")
+def pinsrw(cpu, mmu, ins, io):
+    sse_check(cpu)
+    shift = 16 * (ins.imm & 7)
+    word = read_E(cpu, mmu, ins, 2)
+    cpu.xmm[ins.reg] = (cpu.xmm[ins.reg] & ~(0xFFFF << shift)) | (word << shift)

@@ -1,0 +1,173 @@
+"""SSE/SSE2 scalar floating point: arithmetic, comparisons into EFLAGS, conversions.
+
+Python floats are IEEE-754 binary64 with round-to-nearest-even, which is
+what these instructions compute under the default MXCSR; single precision
+is computed in double and rounded once to binary32, which is exact for
++ - * / and sqrt (the double result carries more than 2*24+2 bits, so the
+second rounding cannot differ). Exceptions are masked as after reset: no
+#XM is raised, results are the IEEE defaults (the "integer indefinite"
+value for out-of-range conversions, SDM Vol. 1 4.8.3.7); MXCSR status flags
+are not accumulated. MXCSR.RC is honoured by CVTSD2SI/CVTSS2SI only.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+from xvm.engines.bt.ops.common import CF, OSZAPC, PF, ZF, handles, read_E, set_reg
+from xvm.engines.bt.ops.sse import read_W, sse_check
+
+_D = struct.Struct("<d")
+_F = struct.Struct("<f")
+_QNAN64 = 0xFFF8000000000000  # the default NaN ("real indefinite")
+_QNAN32 = 0xFFC00000
+
+
+def from_bits(bits: int, double: bool) -> float:
+    return _D.unpack(bits.to_bytes(8, "little"))[0] if double else _F.unpack(bits.to_bytes(4, "little"))[0]
+
+
+def to_bits(value: float, double: bool) -> int:
+    if double:
+        return int.from_bytes(_D.pack(value), "little")
+    try:
+        return int.from_bytes(_F.pack(value), "little")
+    except OverflowError:  # rounds to infinity in binary32
+        return 0xFF800000 if value < 0 else 0x7F800000
+
+
+def _nan_bits(bits: int, double: bool) -> bool:
+    if double:
+        return (bits >> 52) & 0x7FF == 0x7FF and bits & ((1 << 52) - 1) != 0
+    return (bits >> 23) & 0xFF == 0xFF and bits & ((1 << 23) - 1) != 0
+
+
+def _quiet(bits: int, double: bool) -> int:
+    return bits | (1 << 51 if double else 1 << 22)
+
+
+def _arith(stem: str, a: int, b: int, double: bool) -> int:
+    """dest OP src on raw bit patterns; NaN operands propagate (the first NaN, quieted; SDM Vol. 1 4.8.3.5)."""
+    if stem in ("min", "max"):
+        x, y = from_bits(a, double), from_bits(b, double)
+        if _nan_bits(a, double) or _nan_bits(b, double) or (x == y == 0.0):
+            return b  # MINSD/MAXSD return the source for NaNs and for +0/-0 (SDM Vol. 2 MINSD)
+        return a if (x < y if stem == "min" else x > y) else b
+    if stem == "sqrt":
+        if _nan_bits(b, double):
+            return _quiet(b, double)
+        y = from_bits(b, double)
+        if y < 0:
+            return _QNAN64 if double else _QNAN32
+        return to_bits(math.sqrt(y), double)
+    for v in (a, b):
+        if _nan_bits(v, double):
+            return _quiet(v, double)
+    x, y = from_bits(a, double), from_bits(b, double)
+    try:
+        if stem == "add":
+            r = x + y
+        elif stem == "sub":
+            r = x - y
+        elif stem == "mul":
+            r = x * y
+        else:
+            r = x / y
+    except ZeroDivisionError:
+        if x == 0.0 or math.isnan(x):
+            return _QNAN64 if double else _QNAN32
+        r = math.copysign(math.inf, x) * math.copysign(1.0, y)
+    if math.isnan(r):  # inf - inf, 0 * inf
+        return _QNAN64 if double else _QNAN32
+    return to_bits(r, double)
+
+
+def _make_scalar(stem: str, double: bool):
+    size = 8 if double else 4
+    mask = (1 << (size * 8)) - 1
+
+    def h(cpu, mmu, ins, io):
+        sse_check(cpu)
+        dst = cpu.xmm[ins.reg]
+        result = _arith(stem, dst & mask, read_W(cpu, mmu, ins, size), double)
+        cpu.xmm[ins.reg] = (dst & ~mask) | result
+    return h
+
+
+for _stem in ("sqrt", "add", "mul", "sub", "min", "div", "max"):
+    handles(f"{_stem}sd_Vx_Wq")(_make_scalar(_stem, True))
+    handles(f"{_stem}ss_Vx_Wd")(_make_scalar(_stem, False))
+
+
+@handles("ucomisd_Vx_Wq", "comisd_Vx_Wq", "ucomiss_Vx_Wd", "comiss_Vx_Wd")
+def comis(cpu, mmu, ins, io):
+    """ZF/PF/CF from the comparison (unordered: all three); OF, SF, AF cleared."""
+    sse_check(cpu)
+    double = ins.op.mnemonic.endswith("sd")
+    size = 8 if double else 4
+    a_bits = cpu.xmm[ins.reg] & ((1 << (size * 8)) - 1)
+    b_bits = read_W(cpu, mmu, ins, size)
+    if _nan_bits(a_bits, double) or _nan_bits(b_bits, double):
+        f = ZF | PF | CF
+    else:
+        a, b = from_bits(a_bits, double), from_bits(b_bits, double)
+        f = 0 if a > b else CF if a < b else ZF
+    cpu.rflags = (cpu.rflags & ~OSZAPC) | f
+
+
+@handles("cvtsi2sd_Vx_Ey", "cvtsi2ss_Vx_Ey")
+def cvtsi2sd(cpu, mmu, ins, io):
+    sse_check(cpu)
+    size = 8 if ins.rex & 8 else 4
+    value = read_E(cpu, mmu, ins, size)
+    if value >> (size * 8 - 1):
+        value -= 1 << (size * 8)
+    double = ins.op.mnemonic == "cvtsi2sd"
+    mask = 0xFFFFFFFFFFFFFFFF if double else 0xFFFFFFFF
+    cpu.xmm[ins.reg] = (cpu.xmm[ins.reg] & ~mask) | to_bits(float(value), double)
+
+
+def _round(x: float, mode: int) -> int:
+    """MXCSR.RC: 0 nearest-even, 1 down, 2 up, 3 toward zero."""
+    if mode == 0:
+        return round(x)
+    if mode == 1:
+        return math.floor(x)
+    if mode == 2:
+        return math.ceil(x)
+    return math.trunc(x)
+
+
+@handles("cvttsd2si_Gy_Wq", "cvtsd2si_Gy_Wq", "cvttss2si_Gy_Wd", "cvtss2si_Gy_Wd")
+def cvtsd2si(cpu, mmu, ins, io):
+    sse_check(cpu)
+    name = ins.op.mnemonic
+    double = name.endswith("sd2si")
+    bits = read_W(cpu, mmu, ins, 8 if double else 4)
+    size = 8 if ins.rex & 8 else 4
+    indefinite = 1 << (size * 8 - 1)
+    x = from_bits(bits, double)
+    if math.isnan(x) or math.isinf(x):
+        result = indefinite
+    else:
+        n = _round(x, 3 if name.startswith("cvtt") else (cpu.mxcsr >> 13) & 3)
+        result = n if -indefinite <= n < indefinite else indefinite
+    set_reg(cpu, ins.reg, size, result)
+
+
+@handles("cvtss2sd_Vx_Wd", "cvtsd2ss_Vx_Wq")
+def cvtss2sd(cpu, mmu, ins, io):
+    sse_check(cpu)
+    to_double = ins.op.mnemonic == "cvtss2sd"
+    src = read_W(cpu, mmu, ins, 4 if to_double else 8)
+    if _nan_bits(src, not to_double):
+        # A quieted NaN keeps its sign and top payload bits across the format change.
+        sign = src >> (31 if to_double else 63)
+        payload = (src & 0x3FFFFF) << 29 if to_double else (src >> 29) & 0x3FFFFF
+        result = ((sign << 63) | (0x7FF << 52) | (1 << 51) | payload if to_double
+                  else (sign << 31) | (0xFF << 23) | (1 << 22) | payload)
+    else:
+        result = to_bits(from_bits(src, not to_double), to_double)
+    mask = 0xFFFFFFFFFFFFFFFF if to_double else 0xFFFFFFFF
+    cpu.xmm[ins.reg] = (cpu.xmm[ins.reg] & ~mask) | result
