@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import Callable, Optional
 
 from xvm.arch.x86.regs import RFLAGS_IF, RFLAGS_TF, Regs, SpecialRegs
@@ -191,6 +192,17 @@ class BtVm:
     def signal_msi(self, message: MsiMessage) -> None:
         self.msi_sink().signal_msi(message)
 
+    def memory_written(self, paddr: int, length: int) -> None:
+        """Guest RAM changed behind the vCPUs' backs (device DMA, a loader): keep them coherent.
+
+        Any thread may call this. Each vCPU applies it at its next instruction
+        boundary (its soft MMU resyncs shadow page tables and drops stale
+        translations), so the vCPU thread alone touches its caches.
+        """
+        for vcpu in self.vcpus:
+            vcpu._dma_writes.append((paddr, length))
+            vcpu._poll_at = 0
+
     def create_vcpu(self, index: int) -> BtVcpu:
         if self._io is None or self._interrupts is None or self._timers is None:
             raise XvmError("bt engine: connect() the machine before creating vCPUs")
@@ -227,6 +239,8 @@ class BtVcpu:
         self.cache = BlockCache(self.cpu, self.mmu, self.io, self.counters)
         self._kicked = False
         self._wake = threading.Event()
+        #: (paddr, length) of RAM written by others, applied at the next poll (deque: thread-safe).
+        self._dma_writes: deque = deque()
         #: Instruction count at which the next boundary check (timers, interrupts, kick) is due.
         self._poll_at = 0
         #: The timers' next deadline, re-read after device accesses and every POLL_INTERVAL
@@ -352,6 +366,9 @@ class BtVcpu:
             self._kicked = False
             self._wake.clear()
             return Interrupted()
+        dma_writes = self._dma_writes
+        while dma_writes:
+            self.mmu.physical_written(*dma_writes.popleft())
         clock = self._clock
         if self.index == 0:
             deadline = self._deadline

@@ -40,8 +40,12 @@ class FakeIo:
     def __init__(self) -> None:
         self.exits: list = []
         self.reads: dict = {}
+        #: Called with each IoOut (a device doing something on a write).
+        self.on_out = None
 
     def __call__(self, exit_) -> None:
+        if isinstance(exit_, IoOut) and self.on_out is not None:
+            self.on_out(exit_)
         if isinstance(exit_, IoIn):
             exit_.data[:] = self.reads.get(exit_.port, 0xFF).to_bytes(exit_.size, "little")
             self.exits.append(("in", exit_.port, exit_.size))
@@ -408,3 +412,24 @@ def test_a_fault_inside_a_block_leaves_the_state_of_the_faulting_instruction(rig
     assert translated.vcpu.stats["faults_delivered"] == 1
     assert translated.vcpu.stats["efficiency"] > 0.5
 
+
+
+def test_memory_written_by_a_device_drops_stale_translations(rig_factory):
+    rig = rig_factory("""
+top:
+    mov ax, 1
+    out 0x80, al            ; a device access: the test's DMA lands here
+    cmp ax, 1
+    je top
+    cli
+    hlt
+""")
+
+    def dma(exit_):
+        if not rig.vm.vcpus[0].stats["invalidations_from_code_writes"]:
+            rig.memory.write(CODE + 1, (2).to_bytes(2, "little"))   # mov ax, 1 -> mov ax, 2, behind the MMU
+            rig.vm.memory_written(CODE + 1, 2)
+
+    rig.io.on_out = dma
+    assert isinstance(rig.run(), Hlt)
+    assert rig.vcpu.stats["invalidations_from_code_writes"] >= 1
