@@ -98,7 +98,7 @@ def operands(ins: Instr, next_rip: int) -> list[tuple]:
                 if spec == "Ew" and ins.op.mnemonic in _EW_REGISTER_OPSIZE:
                     size = opsize  # register forms take the operand size
                 elif ins.op.mnemonic == "pinsrw":
-                    size = 4  # PINSRW xmm, r32/m16
+                    size = 8 if ins.rex & 8 else 4  # PINSRW xmm, r32/m16
                 out.append(("reg", reg_name(ins.rm, size, ins.rex)))
         elif kind == "G":
             size = opsize if ins.op.mnemonic == "arpl" else _operand_size(spec, ins)  # iced: ARPL r/m16, r32

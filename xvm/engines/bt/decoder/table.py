@@ -250,12 +250,22 @@ def _rows() -> list[tuple[str, str, str, str]]:
     add(("0F 08", "invd", "", ""))
     add(("0F 09", "wbinvd", "", ""))
     add(("0F 0B", "ud2", "", ""))
-    add(("0F 0D /1 m", "prefetchw", "Mb", ""))
+    add(("0F FF /r", "ud0", "Gv,Ev", ""))
+    for digit in range(8):
+        name = {1: "prefetchw", 2: "prefetchwt1", 3: "prefetchw"}.get(digit, "prefetch")
+        add((f"0F 0D /{digit} m", name, "Mb", ""))
     add(("0F 18 /0 m", "prefetchnta", "Mb", ""))
     add(("0F 18 /1 m", "prefetcht0", "Mb", ""))
     add(("0F 18 /2 m", "prefetcht1", "Mb", ""))
     add(("0F 18 /3 m", "prefetcht2", "Mb", ""))
+    # The reserved-NOP space (SDM Vol. 2 NOP, Table 4-12 "hint" opcodes): CET's ENDBR64/ENDBR32 and RDSSP live
+    # here and execute as NOPs on a CPU without CET, which is how CET-enabled binaries (busybox) stay runnable.
+    add(("F3 0F 1E FA", "endbr64", "", ""))
+    add(("F3 0F 1E FB", "endbr32", "", ""))
+    for opc in ("0D", "18", "19", "1A", "1B", "1C", "1D", "1E", "1F"):
+        add((f"0F {opc} /r", "reservednop", "Ev,Gv", ""))
     add(("0F 1F /0", "nop", "Ev", ""))
+    add(("0F B9 /r", "ud1", "Gv,Ev", ""))
     add(("0F 20 /r", "mov", "Ry,Cy", ""))
     add(("0F 21 /r", "mov", "Ry,Dy", ""))
     add(("0F 22 /r", "mov", "Cy,Ry", ""))

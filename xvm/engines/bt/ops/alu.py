@@ -695,10 +695,11 @@ def xlatb(cpu, mmu, ins, io):
     set_r8(cpu, RAX, 0, mmu.read(seg_linear(cpu, ins.seg, off, 1, False), 1, cpu.cpl == 3))
 
 
-@handles("nop", "pause", "nop_Ev", "prefetchw_Mb", "prefetchnta_Mb", "prefetcht0_Mb", "prefetcht1_Mb",
-         "prefetcht2_Mb", "lfence", "mfence", "sfence")
+@handles("nop", "pause", "nop_Ev", "reservednop_Ev_Gv", "endbr64", "endbr32", "prefetch_Mb", "prefetchw_Mb",
+         "prefetchwt1_Mb", "prefetchnta_Mb", "prefetcht0_Mb", "prefetcht1_Mb", "prefetcht2_Mb", "lfence", "mfence",
+         "sfence")
 def nop(cpu, mmu, ins, io):
-    """No architectural effect (hints and fences; this CPU model is strongly ordered)."""
+    """No architectural effect (hints, CET markers without CET, fences: this CPU model is strongly ordered)."""
 
 
 @handles("clflush_Mb")

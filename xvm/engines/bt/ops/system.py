@@ -412,8 +412,9 @@ def wbinvd(cpu, mmu, ins, io):
     _require_cpl0_not_v86(cpu)
 
 
-@handles("ud2")
+@handles("ud2", "ud1_Gv_Ev", "ud0_Gv_Ev")
 def ud2(cpu, mmu, ins, io):
+    """The defined-undefined opcodes (Linux's BUG() and WARN() traps)."""
     raise GuestFault(UD)
 
 
