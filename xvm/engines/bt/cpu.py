@@ -29,7 +29,7 @@ from xvm.engines.bt.faults import GP, GuestFault
 from xvm.engines.bt.ops import alu, flow, sse, sse_fp, string, system  # noqa: F401 - registers the handlers
 from xvm.engines.bt.ops import io as port_io  # noqa: F401 - registers the handlers
 from xvm.engines.bt.ops.common import HANDLERS
-from xvm.engines.bt.state import CS, MODE_LONG, RSP, CpuState
+from xvm.engines.bt.state import CS, RSP, CpuState
 
 PAGE = 4096
 MAX_LENGTH = 15
@@ -52,25 +52,24 @@ _bind()
 _cache: dict[int, Instr] = {}
 
 
-def code_linear(cpu: CpuState) -> int:
-    """Linear address of CS:RIP."""
-    if cpu.mode == MODE_LONG:
-        return cpu.rip
-    return (cpu.segs[CS].base + cpu.rip) & 0xFFFFFFFF
-
-
 def fetch_decode(cpu: CpuState, mmu) -> Instr:
-    """Decode the instruction at CS:RIP through the MMU (instruction fetch permissions, #PF, CS limit)."""
+    """Decode the instruction at CS:RIP through the MMU (instruction fetch permissions, #PF, CS limit).
+
+    A cache hit re-fetches just the instruction's bytes and compares them with
+    the decoded ones: cheaper than decoding, and never stale.
+    """
     bits = cpu.code_bits
-    linear = code_linear(cpu)
+    if bits == 64:
+        linear = cpu.rip
+    else:
+        linear = (cpu.segs[CS].base + cpu.rip) & 0xFFFFFFFF
     user = cpu.cpl == 3
-    room = PAGE - (linear & (PAGE - 1))
-    code = mmu.fetch_bytes(linear, min(room, MAX_LENGTH), user)
     key = (mmu.translate(linear, ACCESS_EXEC, user) << 2) | (bits >> 5)
     ins = _cache.get(key)
-    if ins is None or code[:ins.length] != ins.raw:
+    if ins is None or mmu.fetch_bytes(linear, ins.length, user) != ins.raw:
+        room = PAGE - (linear & (PAGE - 1))
         try:
-            ins = decode(code, bits)
+            ins = decode(mmu.fetch_bytes(linear, room if room < MAX_LENGTH else MAX_LENGTH, user), bits)
         except NeedMoreBytes:
             ins = decode(mmu.fetch_bytes(linear, MAX_LENGTH, user), bits)
         if len(_cache) >= _CACHE_LIMIT:

@@ -47,28 +47,43 @@ def _size(ins, spec: str) -> int:
 
 # --- binary ALU: ADD OR ADC SBB AND SUB XOR CMP, TEST ------------------------------
 
-def _alu(cpu, op: int, a: int, b: int, size: int) -> int:
-    """Compute ALU_OPS[op] and its flags; return the masked result."""
-    if op == 0:
-        return flags_add(cpu, a, b, a + b, size)
-    if op == 5 or op == 7:
-        return flags_sub(cpu, a, b, a - b, size)
-    if op == 4:
-        return flags_logic(cpu, a & b, size)
-    if op == 1:
-        return flags_logic(cpu, a | b, size)
-    if op == 6:
-        return flags_logic(cpu, a ^ b, size)
-    carry = cpu.rflags & CF
-    if op == 2:
-        return flags_add(cpu, a, b, a + b + carry, size)
-    return flags_sub(cpu, a, b, a - b - carry, size)
+def _add(cpu, a: int, b: int, size: int) -> int:
+    return flags_add(cpu, a, b, a + b, size)
+
+
+def _or(cpu, a: int, b: int, size: int) -> int:
+    return flags_logic(cpu, a | b, size)
+
+
+def _adc(cpu, a: int, b: int, size: int) -> int:
+    return flags_add(cpu, a, b, a + b + (cpu.rflags & CF), size)
+
+
+def _sbb(cpu, a: int, b: int, size: int) -> int:
+    return flags_sub(cpu, a, b, a - b - (cpu.rflags & CF), size)
+
+
+def _and(cpu, a: int, b: int, size: int) -> int:
+    return flags_logic(cpu, a & b, size)
+
+
+def _sub(cpu, a: int, b: int, size: int) -> int:
+    return flags_sub(cpu, a, b, a - b, size)
+
+
+def _xor(cpu, a: int, b: int, size: int) -> int:
+    return flags_logic(cpu, a ^ b, size)
+
+
+#: ALU_OPS order; CMP computes SUB's flags, TEST AND's.
+_ALU_FNS = (_add, _or, _adc, _sbb, _and, _sub, _xor, _sub)
 
 
 def _make_alu(op: int, dst: str, src: str):
+    """The handler for ALU_OPS[op] (8: TEST) with operands dst, src (decided here, not per instruction)."""
     byte = dst.endswith("b") or dst == "AL"
     writes = op != 7 and op != 8
-    op = 4 if op == 8 else op  # TEST computes AND's flags
+    alu = _ALU_FNS[4 if op == 8 else op]
 
     if dst[0] == "E":
         if src[0] == "G":
@@ -78,11 +93,11 @@ def _make_alu(op: int, dst: str, src: str):
                 if ins.is_mem:
                     lin = seg_linear(cpu, ins.seg, ea(cpu, ins), size, writes)
                     user = cpu.cpl == 3
-                    r = _alu(cpu, op, mmu.read(lin, size, user), b, size)
+                    r = alu(cpu, mmu.read(lin, size, user), b, size)
                     if writes:
                         mmu.write(lin, size, r, user)
                 else:
-                    r = _alu(cpu, op, read_gpr(cpu, ins, ins.rm, size), b, size)
+                    r = alu(cpu, read_gpr(cpu, ins, ins.rm, size), b, size)
                     if writes:
                         write_gpr(cpu, ins, ins.rm, size, r)
         else:
@@ -92,23 +107,23 @@ def _make_alu(op: int, dst: str, src: str):
                 if ins.is_mem:
                     lin = seg_linear(cpu, ins.seg, ea(cpu, ins), size, writes)
                     user = cpu.cpl == 3
-                    r = _alu(cpu, op, mmu.read(lin, size, user), b, size)
+                    r = alu(cpu, mmu.read(lin, size, user), b, size)
                     if writes:
                         mmu.write(lin, size, r, user)
                 else:
-                    r = _alu(cpu, op, read_gpr(cpu, ins, ins.rm, size), b, size)
+                    r = alu(cpu, read_gpr(cpu, ins, ins.rm, size), b, size)
                     if writes:
                         write_gpr(cpu, ins, ins.rm, size, r)
     elif dst[0] == "G":
         def h(cpu, mmu, ins, io):
             size = 1 if byte else ins.opsize
-            r = _alu(cpu, op, read_gpr(cpu, ins, ins.reg, size), read_E(cpu, mmu, ins, size), size)
+            r = alu(cpu, read_gpr(cpu, ins, ins.reg, size), read_E(cpu, mmu, ins, size), size)
             if writes:
                 write_gpr(cpu, ins, ins.reg, size, r)
     else:  # AL / rAX, immediate
         def h(cpu, mmu, ins, io):
             size = 1 if byte else ins.opsize
-            r = _alu(cpu, op, cpu.regs[RAX] & MASK[size], ins.imm & MASK[size], size)
+            r = alu(cpu, cpu.regs[RAX] & MASK[size], ins.imm & MASK[size], size)
             if writes:
                 write_gpr(cpu, ins, RAX, size, r)
     return h

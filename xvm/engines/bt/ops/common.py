@@ -177,21 +177,22 @@ def write_E(cpu, mmu, ins, size: int, value: int) -> None:
 
 # --- flags ----------------------------------------------------------------
 
+#: Right shift that brings a result's sign bit to SF's position (bit 7), by operand size.
+SF_SHIFT = (0, 0, 8, 0, 24, 0, 0, 0, 56)
+
+
 def szp(r: int, size: int) -> int:
     """SF, ZF and PF of a masked result."""
-    f = PARITY[r & 0xFF]
-    if r == 0:
-        f |= ZF
-    if r & SIGN[size]:
-        f |= SF
-    return f
+    return PARITY[r & 0xFF] | ((r >> SF_SHIFT[size]) & SF) | (ZF if r == 0 else 0)
 
 
 def flags_add(cpu, a: int, b: int, full: int, size: int) -> int:
     """Set OSZAPC for a + b (+carry) = full; return the masked result."""
     mask = MASK[size]
     r = full & mask
-    f = szp(r, size) | ((a ^ b ^ r) & AF)
+    f = PARITY[r & 0xFF] | ((r >> SF_SHIFT[size]) & SF) | ((a ^ b ^ r) & AF)
+    if r == 0:
+        f |= ZF
     if full > mask:
         f |= CF
     if (a ^ r) & (b ^ r) & SIGN[size]:
@@ -204,7 +205,9 @@ def flags_sub(cpu, a: int, b: int, full: int, size: int) -> int:
     """Set OSZAPC for a - b (-borrow) = full; return the masked result."""
     mask = MASK[size]
     r = full & mask
-    f = szp(r, size) | ((a ^ b ^ r) & AF)
+    f = PARITY[r & 0xFF] | ((r >> SF_SHIFT[size]) & SF) | ((a ^ b ^ r) & AF)
+    if r == 0:
+        f |= ZF
     if full < 0:
         f |= CF
     if (a ^ b) & (a ^ r) & SIGN[size]:
@@ -215,7 +218,7 @@ def flags_sub(cpu, a: int, b: int, full: int, size: int) -> int:
 
 def flags_logic(cpu, r: int, size: int) -> int:
     """AND/OR/XOR/TEST: CF=OF=0, AF cleared (undefined in the SDM; 0 on Intel)."""
-    cpu.rflags = (cpu.rflags & NOT_OSZAPC) | szp(r, size)
+    cpu.rflags = (cpu.rflags & NOT_OSZAPC) | PARITY[r & 0xFF] | ((r >> SF_SHIFT[size]) & SF) | (ZF if r == 0 else 0)
     return r
 
 
