@@ -252,3 +252,15 @@ def test_disassemble_at():
     mmu.write_bytes(CODE, bytes.fromhex("f3488b04c8"), False)
     text = disassemble_at(cpu, mmu)
     assert text.startswith("0010:00010000") and "mov rax,qword ptr ds:[rax+rcx*8]" in text
+
+
+def test_self_modifying_code_is_never_run_stale():
+    cpu = make_cpu(32)
+    mmu = SparseMmu()
+    mmu.write_bytes(CODE, bytes.fromhex("b801000000"), False)  # mov eax, 1
+    execute_one(cpu, mmu, None)
+    assert cpu.regs[RAX] == 1
+    mmu.write_bytes(CODE, bytes.fromhex("b802000000"), False)  # the guest patches the immediate
+    cpu.rip = CODE
+    execute_one(cpu, mmu, None)
+    assert cpu.regs[RAX] == 2

@@ -204,3 +204,30 @@ def test_real_mode_has_no_ltr():
     cpu = make_cpu(16)
     assert fault_of(cpu, SparseMmu(), bytes.fromhex("0f00d8")).vector == UD
     assert fault_of(cpu, SparseMmu(), bytes.fromhex("0f0b")).vector == UD  # ud2
+
+
+def _v86(iopl: int):
+    cpu = make_cpu(32)
+    cpu.rflags |= 0x20000 | (iopl << 12)
+    for i in range(6):
+        cpu.segs[i] = SegmentCache(0, 0, 0xFFFF, 0xF3 if i != CS else 0xFB, 0)
+    cpu.refresh_mode()
+    cpu.rip = 0x1000
+    return cpu
+
+
+@pytest.mark.parametrize("code", ["fa", "fb", "9c", "9d", "cd21", "cf"])
+def test_v86_iopl_sensitive_instructions(code):
+    cpu = _v86(iopl=0)
+    assert cpu.cpl == 3
+    fault = fault_of(cpu, SparseMmu(), bytes.fromhex(code))
+    assert (fault.vector, fault.error_code) == (GP, 0) and cpu.rip == 0x1000
+
+
+def test_v86_with_iopl3_runs_cli_and_pushf():
+    cpu = _v86(iopl=3)
+    mmu = SparseMmu()
+    cpu.regs[RSP] = 0x800
+    run_code(cpu, mmu, bytes.fromhex("fa9c"))
+    assert not cpu.rflags & 0x200 and cpu.regs[RSP] == 0x7FE
+    assert mmu.read(0x7FE, 2, False) == cpu.rflags & 0xFFFF
