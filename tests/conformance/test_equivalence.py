@@ -18,7 +18,6 @@ Model: STYLE.md 25 (the hardware is the oracle).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
 import pytest
@@ -333,21 +332,24 @@ TEMPLATES: tuple[Template, ...] = (
 )
 
 
-@dataclass
 class Case:
-    """One initial state and instruction sequence; `defined` = flags comparable at the end."""
+    """One initial state and instruction sequence; `defined` = flags comparable at the end.
 
-    regs: tuple[int, ...]
-    flags: int
-    data: bytes
-    insns: list
-    defined: int
+    A plain class, so that Hypothesis prints a falsifying batch through __repr__ (one line per case).
+    """
+
+    def __init__(self, regs: tuple, flags: int, data: bytes, insns: list, defined: int) -> None:
+        self.regs = regs
+        self.flags = flags
+        self.data = data
+        self.insns = insns
+        self.defined = defined
 
     def describe(self) -> str:
         regs = " ".join(f"{REG_NAMES[r]}={v:x}" for r, v in zip(REGS, self.regs))
         return f"{regs} flags={self.flags:03x}\n    " + "\n    ".join(insn.text for insn in self.insns)
 
-    def __repr__(self) -> str:  # what Hypothesis prints for a falsifying batch
+    def __repr__(self) -> str:
         return f"Case({'; '.join(insn.text for insn in self.insns)})"
 
 
