@@ -128,6 +128,9 @@ class GuestConformance:
     def test_v86(self, guest_runs) -> None:
         self.run_guest("v86", guest_runs)
 
+    def test_timer_irq(self, guest_runs) -> None:
+        self.run_guest("timer_irq", guest_runs)
+
     def test_pio_loop(self, guest_runs) -> None:
         self.run_guest("pio_loop", guest_runs)
 

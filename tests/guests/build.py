@@ -114,8 +114,8 @@ GUESTS: dict[str, Guest] = {
         ),
         _guest(
             "privilege",
-            "back_in_ring0 ring3_cpl iret_nulls_ring0_ds int80_handler_cpl int80_caller_cs int80_caller_ss int80_caller_esp"
-            " int80_stack_from_tss int80_return_value cli_gp_error cli_gp_eip cli_gp_from_ring3 hlt_gp"
+            "back_in_ring0 ring3_cpl iret_nulls_ring0_ds int80_handler_cpl int80_caller_cs int80_caller_ss"
+            " int80_caller_esp int80_stack_from_tss int80_return_value cli_gp_error cli_gp_eip cli_gp_from_ring3 hlt_gp"
             " mov_cr3_gp int_dpl0_gate_vector int_dpl0_gate_error",
         ),
         _guest(
@@ -145,6 +145,10 @@ GUESTS: dict[str, Guest] = {
             "v86",
             "arithmetic segment_arithmetic cs_is_paragraph cli_trapped int20_emulated gp_error_zero"
             " monitor_entries handler_ds_null frame_vm_flag frame_ds frame_ss monitor_stack_from_tss",
+        ),
+        _guest(
+            "timer_irq",
+            "pic_imr pit_counts pit_count_in_range pit_ticks pit_vector_only lapic_counts_down lapic_ticks pit_masked",
         ),
         # A short run for the test suite; bench/pio_exits.py passes a larger count.
         _guest("pio_loop", "count", cmdline="count=1000"),
