@@ -28,7 +28,7 @@ from xvm.engines.bt.decoder.disasm import format_instr
 from xvm.engines.bt.faults import GP, GuestFault
 from xvm.engines.bt.ops import alu, flow, sse, sse_fp, string, system  # noqa: F401 - registers the handlers
 from xvm.engines.bt.ops import io as port_io  # noqa: F401 - registers the handlers
-from xvm.engines.bt.ops.common import HANDLERS
+from xvm.engines.bt.ops.common import HANDLERS, HANDLERS_MEM
 from xvm.engines.bt.state import CS, RSP, CpuState
 
 PAGE = 4096
@@ -45,6 +45,7 @@ def _bind() -> None:
         raise RuntimeError(f"opcode table rows without handlers: {missing}")
     for d in OPDEFS:
         d.fn = HANDLERS[d.handler]
+        d.fn_mem = HANDLERS_MEM.get(d.handler, d.fn)
 
 
 _bind()

@@ -55,7 +55,7 @@ class OpDef:
 
     __slots__ = ("index", "mnemonics", "mnemonic", "operands", "handler", "fn", "map", "opcode",
                  "plus_r", "has_modrm", "reg", "mod", "modrm_exact", "prefix", "w",
-                 "i64", "o64", "d64", "f64", "lock", "rep", "by_addr", "specificity", "force_reg",
+                 "fn_mem", "i64", "o64", "d64", "f64", "lock", "rep", "by_addr", "specificity", "force_reg",
                  "reg_check")
 
     def __init__(self, index: int, opcode: str, mnemonic: str, operands: str, attrs: str) -> None:
@@ -64,7 +64,9 @@ class OpDef:
         self.mnemonic = self.mnemonics[0]
         self.operands = tuple(operands.split(",")) if operands else ()
         self.handler = handler_name(mnemonic, operands)
+        #: Handlers, bound by cpu.py: for register (or no) ModRM operands, and for memory operands.
         self.fn = None
+        self.fn_mem = None
         words = opcode.split()
         self.prefix: Optional[int] = None
         if words[0] == "NP":
@@ -349,7 +351,9 @@ def decode(code: bytes, bits: int) -> Instr:
                     elif mod == 1:
                         ins.disp = _signed(code[pos], 8)
                         pos += 1
-            if op.mod == "m" and not ins.is_mem:
+            if ins.is_mem:
+                ins.fn = op.fn_mem
+            elif op.mod == "m":
                 raise GuestFault(UD)
             if op.reg_check is not None and not op.reg_check(ins.reg, long_mode):
                 raise GuestFault(UD)

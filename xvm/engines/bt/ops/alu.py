@@ -25,8 +25,10 @@ from xvm.engines.bt.ops.common import (
     flags_add,
     flags_logic,
     flags_sub,
+    get_r8,
     gp0,
     handles,
+    handles_mem,
     read_E,
     read_gpr,
     seg_linear,
@@ -80,62 +82,75 @@ _ALU_FNS = (_add, _or, _adc, _sbb, _and, _sub, _xor, _sub)
 
 
 def _make_alu(op: int, dst: str, src: str):
-    """The handler for ALU_OPS[op] (8: TEST) with operands dst, src (decided here, not per instruction)."""
+    """Handlers for ALU_OPS[op] (8: TEST) with operands dst, src: (register form, memory form or None).
+
+    Operand kinds and byte-ness are decided here, once; the register and
+    memory forms are separate functions (the decoder picks one per
+    instruction), so the hot path is a few list operations and one flag call.
+    """
     byte = dst.endswith("b") or dst == "AL"
     writes = op != 7 and op != 8
     alu = _ALU_FNS[4 if op == 8 else op]
+    imm = src[0] == "I"
 
-    if dst[0] == "E":
-        if src[0] == "G":
-            def h(cpu, mmu, ins, io):
-                size = 1 if byte else ins.opsize
-                b = read_gpr(cpu, ins, ins.reg, size)
-                if ins.is_mem:
-                    lin = seg_linear(cpu, ins.seg, ea(cpu, ins), size, writes)
-                    user = cpu.cpl == 3
-                    r = alu(cpu, mmu.read(lin, size, user), b, size)
-                    if writes:
-                        mmu.write(lin, size, r, user)
-                else:
-                    r = alu(cpu, read_gpr(cpu, ins, ins.rm, size), b, size)
-                    if writes:
-                        write_gpr(cpu, ins, ins.rm, size, r)
+    if dst[0] == "E" or dst[0] == "G":
+        dst_is_rm = dst[0] == "E"
+
+        if byte:
+            def reg_form(cpu, mmu, ins, io):
+                d, s_ = (ins.rm, ins.reg) if dst_is_rm else (ins.reg, ins.rm)
+                b = ins.imm & 0xFF if imm else get_r8(cpu, s_, ins.rex)
+                r = alu(cpu, get_r8(cpu, d, ins.rex), b, 1)
+                if writes:
+                    set_r8(cpu, d, ins.rex, r)
         else:
-            def h(cpu, mmu, ins, io):
+            def reg_form(cpu, mmu, ins, io):
+                size = ins.opsize
+                mask = MASK[size]
+                regs = cpu.regs
+                d, s_ = (ins.rm, ins.reg) if dst_is_rm else (ins.reg, ins.rm)
+                r = alu(cpu, regs[d] & mask, ins.imm & mask if imm else regs[s_] & mask, size)
+                if writes:
+                    regs[d] = (regs[d] & ~0xFFFF) | r if size == 2 else r
+
+        if dst_is_rm:
+            def mem_form(cpu, mmu, ins, io):
                 size = 1 if byte else ins.opsize
-                b = ins.imm & MASK[size]
-                if ins.is_mem:
-                    lin = seg_linear(cpu, ins.seg, ea(cpu, ins), size, writes)
-                    user = cpu.cpl == 3
-                    r = alu(cpu, mmu.read(lin, size, user), b, size)
-                    if writes:
-                        mmu.write(lin, size, r, user)
-                else:
-                    r = alu(cpu, read_gpr(cpu, ins, ins.rm, size), b, size)
-                    if writes:
-                        write_gpr(cpu, ins, ins.rm, size, r)
-    elif dst[0] == "G":
-        def h(cpu, mmu, ins, io):
-            size = 1 if byte else ins.opsize
-            r = alu(cpu, read_gpr(cpu, ins, ins.reg, size), read_E(cpu, mmu, ins, size), size)
-            if writes:
-                write_gpr(cpu, ins, ins.reg, size, r)
-    else:  # AL / rAX, immediate
-        def h(cpu, mmu, ins, io):
-            size = 1 if byte else ins.opsize
-            r = alu(cpu, cpu.regs[RAX] & MASK[size], ins.imm & MASK[size], size)
-            if writes:
-                write_gpr(cpu, ins, RAX, size, r)
-    return h
+                b = ins.imm & MASK[size] if imm else read_gpr(cpu, ins, ins.reg, size)
+                lin = seg_linear(cpu, ins.seg, ea(cpu, ins), size, writes)
+                user = cpu.cpl == 3
+                r = alu(cpu, mmu.read(lin, size, user), b, size)
+                if writes:
+                    mmu.write(lin, size, r, user)
+        else:
+            def mem_form(cpu, mmu, ins, io):
+                size = 1 if byte else ins.opsize
+                b = mmu.read(seg_linear(cpu, ins.seg, ea(cpu, ins), size, False), size, cpu.cpl == 3)
+                r = alu(cpu, read_gpr(cpu, ins, ins.reg, size), b, size)
+                if writes:
+                    write_gpr(cpu, ins, ins.reg, size, r)
+        return reg_form, mem_form
+
+    def acc_form(cpu, mmu, ins, io):  # AL / rAX, immediate
+        size = 1 if byte else ins.opsize
+        r = alu(cpu, cpu.regs[RAX] & MASK[size], ins.imm & MASK[size], size)
+        if writes:
+            write_gpr(cpu, ins, RAX, size, r)
+    return acc_form, None
+
+
+def _register_alu(name: str, op: int, form: str) -> None:
+    reg_form, mem_form = _make_alu(op, *form.split("_"))
+    handles(f"{name}_{form}")(reg_form)
+    if mem_form is not None:
+        handles_mem(f"{name}_{form}")(mem_form)
 
 
 for _n, _name in enumerate(ALU_OPS):
     for _form in ("Eb_Gb", "Ev_Gv", "Gb_Eb", "Gv_Ev", "AL_Ib", "rAX_Iz", "Eb_Ib", "Ev_Iz", "Ev_Ibs"):
-        _d, _s = _form.split("_")
-        handles(f"{_name}_{_form}")(_make_alu(_n, _d, _s))
+        _register_alu(_name, _n, _form)
 for _form in ("Eb_Gb", "Ev_Gv", "AL_Ib", "rAX_Iz", "Eb_Ib", "Ev_Iz"):
-    _d, _s = _form.split("_")
-    handles(f"test_{_form}")(_make_alu(8, _d, _s))
+    _register_alu("test", 8, _form)
 
 
 # --- unary: INC DEC NOT NEG ----------------------------------------------------------------
@@ -510,16 +525,35 @@ def salc(cpu, mmu, ins, io):
 
 # --- data movement -------------------------------------------------------------------
 
-@handles("mov_Eb_Gb", "mov_Ev_Gv")
-def mov_E_G(cpu, mmu, ins, io):
+@handles("mov_Eb_Gb", "mov_Gb_Eb")
+def mov_b_reg(cpu, mmu, ins, io):
+    src, dst = (ins.reg, ins.rm) if ins.op.operands[0] == "Eb" else (ins.rm, ins.reg)
+    set_r8(cpu, dst, ins.rex, get_r8(cpu, src, ins.rex))
+
+
+@handles("mov_Ev_Gv", "mov_Gv_Ev")
+def mov_v_reg(cpu, mmu, ins, io):
+    size = ins.opsize
+    regs = cpu.regs
+    src, dst = (ins.reg, ins.rm) if ins.op.operands[0] == "Ev" else (ins.rm, ins.reg)
+    if size == 2:
+        regs[dst] = (regs[dst] & ~0xFFFF) | (regs[src] & 0xFFFF)
+    else:
+        regs[dst] = regs[src] & MASK[size]
+
+
+@handles_mem("mov_Eb_Gb", "mov_Ev_Gv")
+def mov_M_G(cpu, mmu, ins, io):
     size = 1 if ins.op.operands[0] == "Eb" else ins.opsize
-    write_E(cpu, mmu, ins, size, read_gpr(cpu, ins, ins.reg, size))
+    mmu.write(seg_linear(cpu, ins.seg, ea(cpu, ins), size, True), size, read_gpr(cpu, ins, ins.reg, size),
+              cpu.cpl == 3)
 
 
-@handles("mov_Gb_Eb", "mov_Gv_Ev")
-def mov_G_E(cpu, mmu, ins, io):
+@handles_mem("mov_Gb_Eb", "mov_Gv_Ev")
+def mov_G_M(cpu, mmu, ins, io):
     size = 1 if ins.op.operands[0] == "Gb" else ins.opsize
-    write_gpr(cpu, ins, ins.reg, size, read_E(cpu, mmu, ins, size))
+    write_gpr(cpu, ins, ins.reg, size, mmu.read(seg_linear(cpu, ins.seg, ea(cpu, ins), size, False), size,
+                                                cpu.cpl == 3))
 
 
 @handles("mov_Eb_Ib", "mov_Ev_Iz")

@@ -34,17 +34,29 @@ M64 = 0xFFFFFFFFFFFFFFFF
 
 Handler = Callable[..., None]
 HANDLERS: dict[str, Handler] = {}
+#: Optional specialisations for instructions whose ModRM operand is in memory (HANDLERS then
+#: serve the register forms); the decoder picks one per instruction.
+HANDLERS_MEM: dict[str, Handler] = {}
+
+
+def _registrar(table: dict[str, Handler], names: tuple[str, ...]) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        for name in names:
+            if name in table:
+                raise ValueError(f"handler {name} registered twice")
+            table[name] = fn
+        return fn
+    return register
 
 
 def handles(*names: str) -> Callable[[Handler], Handler]:
     """Register a handler under one or more table handler names."""
-    def register(fn: Handler) -> Handler:
-        for name in names:
-            if name in HANDLERS:
-                raise ValueError(f"handler {name} registered twice")
-            HANDLERS[name] = fn
-        return fn
-    return register
+    return _registrar(HANDLERS, names)
+
+
+def handles_mem(*names: str) -> Callable[[Handler], Handler]:
+    """Register the memory-operand form of a handler (see HANDLERS_MEM)."""
+    return _registrar(HANDLERS_MEM, names)
 
 
 def gp0() -> GuestFault:
