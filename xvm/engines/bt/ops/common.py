@@ -234,26 +234,26 @@ def flags_logic(cpu, r: int, size: int) -> int:
     return r
 
 
+def _sf_ne_of(f: int) -> bool:
+    return bool(f & SF) != bool(f & OF)
+
+
+#: Condition codes 0..15 (SDM Vol. 1 Appendix B.1) as predicates on RFLAGS, in encoding order.
+CONDITIONS = (
+    lambda f: bool(f & OF), lambda f: not f & OF,
+    lambda f: bool(f & CF), lambda f: not f & CF,
+    lambda f: bool(f & ZF), lambda f: not f & ZF,
+    lambda f: bool(f & (CF | ZF)), lambda f: not f & (CF | ZF),
+    lambda f: bool(f & SF), lambda f: not f & SF,
+    lambda f: bool(f & PF), lambda f: not f & PF,
+    _sf_ne_of, lambda f: not _sf_ne_of(f),
+    lambda f: bool(f & ZF) or _sf_ne_of(f), lambda f: not (f & ZF or _sf_ne_of(f)),
+)
+
+
 def condition(f: int, cc: int) -> bool:
-    """Condition code cc (0..15, SDM Vol. 1 B.1) on the flags value f."""
-    c = cc >> 1
-    if c == 0:
-        t = f & OF
-    elif c == 1:
-        t = f & CF
-    elif c == 2:
-        t = f & ZF
-    elif c == 3:
-        t = f & (CF | ZF)
-    elif c == 4:
-        t = f & SF
-    elif c == 5:
-        t = f & PF
-    elif c == 6:
-        t = bool(f & SF) != bool(f & OF)
-    else:
-        t = (f & ZF) or (bool(f & SF) != bool(f & OF))
-    return (not t) if cc & 1 else bool(t)
+    """Condition code cc on the flags value f."""
+    return CONDITIONS[cc](f)
 
 
 def iopl(cpu) -> int:

@@ -12,9 +12,10 @@ from xvm.engines.bt import interrupts, segments
 from xvm.engines.bt.decoder.table import CC_NAMES
 from xvm.engines.bt.faults import BP, DB, OF
 from xvm.engines.bt.ops.common import (
+    CONDITIONS,
+    M64,
     MASK,
     branch,
-    condition,
     ea,
     gp0,
     handles,
@@ -35,9 +36,9 @@ _STACK_MASK = {16: 0xFFFF, 32: 0xFFFFFFFF, 64: 0xFFFFFFFFFFFFFFFF}
 # --- near branches -------------------------------------------------------------------
 
 for _cc, _name in enumerate(CC_NAMES):
-    def _jcc(cpu, mmu, ins, io, _cc=_cc):
-        if condition(cpu.rflags, _cc):
-            branch(cpu, (cpu.rip + ins.imm) & ip_mask(cpu, ins.opsize))
+    def _jcc(cpu, mmu, ins, io, _test=CONDITIONS[_cc]):
+        if _test(cpu.rflags):
+            branch(cpu, (cpu.rip + ins.imm) & (M64 if cpu.mode == MODE_LONG else MASK[ins.opsize]))
     handles(f"j{_name}_Jb", f"j{_name}_Jz")(_jcc)
 
 
