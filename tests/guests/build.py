@@ -147,6 +147,12 @@ GUESTS: dict[str, Guest] = {
             " monitor_entries handler_ds_null frame_vm_flag frame_ds frame_ss monitor_stack_from_tss",
         ),
         _guest(
+            "sse",
+            "paddd_lane0 paddd_lane3 pshufd_movd pcmpeqb_pmovmskb scalar_double cvt_sqrt fxsave_fcw fxsave_mxcsr"
+            " fxsave_xmm0 fxrstor_xmm0 ts_nm_vector ts_nm_eip after_clts",
+        ),
+        _guest("x87", "add imul sqrt compare default_cw"),
+        _guest(
             "timer_irq",
             "pic_imr pit_counts pit_count_in_range pit_ticks pit_vector_only lapic_counts_down lapic_ticks pit_masked",
         ),
