@@ -27,3 +27,13 @@ def test_failures_are_visible(guests, qemu) -> None:
     result = qemu(guests["hello"], "no-token-here")
     assert "FAIL hello.cmdline got=00000000 want=00000001" in result.stdout, result.describe()
     assert result.returncode == (1 << 1) | 1, result.describe()
+
+
+def test_every_guest_is_built_and_documented() -> None:
+    """Each .asm is in GUESTS (so the suite runs it) and has a row in the README's table."""
+    from guests.build import SOURCE_DIR
+
+    sources = sorted(path.stem for path in SOURCE_DIR.glob("*.asm"))
+    assert sources == sorted(GUESTS)
+    readme = (SOURCE_DIR / "README.md").read_text()
+    assert [name for name in GUESTS if f"| `{name}` |" not in readme] == []
