@@ -101,6 +101,9 @@ IRQ_RTC = 8
 IRQ_MOUSE = 12
 #: First IRQ handed to virtio-mmio devices.
 VIRTIO_MMIO_IRQ_BASE = 5
+#: ISA IRQs free on a PC (no IDE, no floppy, no LPT) that carry PCI INTx, one per slot in turn
+#: (slot n gets PCI_INTX_IRQS[(n - 1) % len]); devices beyond share a line.
+PCI_INTX_IRQS = (10, 11, 9, 14, 15)
 #: Number of IOAPIC pins (KVM's in-kernel IOAPIC has 24).
 IOAPIC_PINS = 24
 #: IOAPIC pin the PIT (ISA IRQ 0) arrives at, as the MP table and the MADT describe it. 0 keeps

@@ -186,6 +186,18 @@ class VirtioDevice:
         """device_feature word `word`; 0 beyond bit 63."""
         return (self.avail_features >> (32 * word)) & 0xFFFFFFFF if word in (0, 1) else 0
 
+    def enable_queue(self, index: int) -> None:
+        """The driver set queue_enable (queue_ready on MMIO); checked now if the device already runs."""
+        queue = self.queues[index]
+        queue.ready = True
+        if self.activated:
+            queue.event_idx = self.has_feature(VIRTIO_F_EVENT_IDX)
+            queue.indirect = self.has_feature(VIRTIO_F_INDIRECT_DESC)
+            try:
+                queue.validate()
+            except VirtqueueError as error:
+                self.set_needs_reset(f"queue {index}: {error}")
+
     def _features_acceptable(self) -> bool:
         if self.acked_features & ~self.avail_features:
             log.info("%s: driver accepted features %#x that were not offered", self.name,
@@ -197,11 +209,9 @@ class VirtioDevice:
         return True
 
     def _activate(self) -> None:
-        event_idx = self.has_feature(VIRTIO_F_EVENT_IDX)
-        indirect = self.has_feature(VIRTIO_F_INDIRECT_DESC)
         for index, queue in enumerate(self.queues):
-            queue.event_idx = event_idx
-            queue.indirect = indirect
+            queue.event_idx = self.has_feature(VIRTIO_F_EVENT_IDX)
+            queue.indirect = self.has_feature(VIRTIO_F_INDIRECT_DESC)
             if queue.ready:
                 try:
                     queue.validate()
