@@ -348,6 +348,14 @@ def _shift(cpu, op: int, a: int, count: int, size: int) -> int:
     return r
 
 
+def _zero_count(cpu, mmu, ins, size: int) -> None:
+    """A shift whose masked count is 0 changes no flags but still accesses its operand, and a 32-bit
+    register destination is still written, so it is zero-extended (what x86-64 hardware does)."""
+    value = read_E(cpu, mmu, ins, size)
+    if size == 4 and not ins.is_mem:
+        set_reg(cpu, ins.rm, 4, value)
+
+
 def _make_shift(op: int, byte: bool, src: str):
     def h(cpu, mmu, ins, io):
         size = 1 if byte else ins.opsize
@@ -358,7 +366,7 @@ def _make_shift(op: int, byte: bool, src: str):
         else:
             count = ins.imm & (0x3F if size == 8 else 0x1F)
         if count == 0:
-            read_E(cpu, mmu, ins, size)  # a zero count still accesses the operand
+            _zero_count(cpu, mmu, ins, size)
             return
         _rmw_E(cpu, mmu, ins, size, lambda c, a, s: _shift(c, op, a, count, s))
     return h
@@ -376,7 +384,7 @@ def _make_double_shift(left: bool, by_cl: bool):
         mask = MASK[size]
         count = (cpu.regs[RCX] if by_cl else ins.imm) & (0x3F if size == 8 else 0x1F)
         if count == 0:
-            read_E(cpu, mmu, ins, size)
+            _zero_count(cpu, mmu, ins, size)
             return
         fill = cpu.regs[ins.reg] & mask
 
