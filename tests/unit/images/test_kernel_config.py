@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from xvm.images.kernel import FRAGMENT, check_config, config_hash, parse_fragment
+from xvm.images.kernel import FRAGMENT, check_config, config_hash, parse_fragment, patches
 
 LINE = re.compile(r"^(CONFIG_[A-Z0-9_]+=(y|n|\d+|\"[^\"]*\")|# CONFIG_[A-Z0-9_]+ is not set|#( .*)?|)$")
 
@@ -64,3 +64,13 @@ def test_check_config_names_dropped_and_unwanted_options():
 def test_config_hash_follows_the_source_version():
     assert config_hash("6.1.192-2") != config_hash("6.1.193-1")
     assert config_hash("6.1.192-2") == config_hash("6.1.192-2")
+
+
+def test_patches_explain_themselves_and_their_options_are_on():
+    options = parse_fragment(FRAGMENT.read_text())
+    for patch in patches():
+        text = patch.read_text()
+        header = text[: text.index("\n--- a/")]
+        assert "Why:" in header and "What:" in header, patch.name
+        for symbol in re.findall(r"^\+config (\w+)$", text, re.MULTILINE):
+            assert options.get(f"CONFIG_{symbol}") == "y", f"{patch.name} adds {symbol}; kernel.config must enable it"
