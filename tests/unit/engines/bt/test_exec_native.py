@@ -21,6 +21,8 @@ import sys
 import pytest
 from unit.engines.bt.test_exec_harness import SparseMmu, make_cpu, run_code
 
+from xvm.engines.bt.decoder.table import PACKED_INT_OPS, PACKED_SHIFT_IMM, SCALAR_FP_OPS
+
 CF, PF, AF, ZF, SF, OF = 0x1, 0x4, 0x10, 0x40, 0x80, 0x800
 ALL = CF | PF | AF | ZF | SF | OF
 REGS = [r for r in range(16) if r != 4]  # never RSP
@@ -30,10 +32,24 @@ pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or
                                 reason="needs an x86-64 Linux host")
 
 
+XMM_BASE = 17 * 8  # state: 16 GPRs, RFLAGS, then XMM0..XMM15 (16 bytes each)
+
+
+def _xmm_moves(store: bool) -> bytes:
+    """movdqu xmmN, [rdi+XMM_BASE+16N] (or the store) for N = 0..15."""
+    out = bytearray()
+    for n in range(16):
+        rex = b"\x44" if n >= 8 else b""
+        out += b"\xf3" + rex + bytes([0x0F, 0x7F if store else 0x6F, 0x87 | ((n & 7) << 3)])
+        out += struct.pack("<i", XMM_BASE + 16 * n)
+    return bytes(out)
+
+
 def _stub(instruction: bytes) -> bytes:
-    """void run(uint64_t state[17]): regs 0..15 (RSP ignored), [16] = RFLAGS."""
+    """void run(uint64_t state[49]): regs 0..15 (RSP ignored), [16] = RFLAGS, XMM0-15 after."""
     code = bytearray()
     code += bytes.fromhex("53 55 4154 4155 4156 4157 57")                    # push rbx rbp r12-r15 rdi
+    code += _xmm_moves(store=False)
     code += bytes.fromhex("ff b7 80 00 00 00 9d")                            # push [rdi+128]; popfq
     for r in REGS:
         if r == 7:
@@ -49,6 +65,7 @@ def _stub(instruction: bytes) -> bytes:
         rex = 0x48 | (4 if r >= 8 else 0)
         code += bytes([rex, 0x89, 0x87 | ((r & 7) << 3)]) + struct.pack("<i", 8 * r)  # mov [rdi+8r], r
     code += bytes.fromhex("9c 58 48 89 87 80 00 00 00")                      # pushfq; pop rax; mov [rdi+128], rax
+    code += _xmm_moves(store=True)
     code += bytes.fromhex("58 48 89 47 38")                                  # pop rax; mov [rdi+56], rax
     code += bytes.fromhex("415f 415e 415d 415c 5d 5b c3")                    # pop r15-r12 rbp rbx; ret
     return bytes(code)
@@ -63,12 +80,16 @@ class Native:
         self.addr = ctypes.addressof(ctypes.c_char.from_buffer(self.page))
         self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self.addr)
 
-    def run(self, instruction: bytes, regs: list[int], flags: int) -> tuple[list[int], int]:
+    def run(self, instruction: bytes, regs: list[int], flags: int, xmm: list[int]) -> tuple[list[int], int, list]:
         self.page.seek(0)
         self.page.write(_stub(instruction))
-        state = (ctypes.c_uint64 * 17)(*regs, flags)
+        halves = []
+        for v in xmm:
+            halves += [v & 0xFFFFFFFFFFFFFFFF, v >> 64]
+        state = (ctypes.c_uint64 * 49)(*regs, flags, *halves)
         self.fn(ctypes.addressof(state))
-        return list(state[:16]), state[16]
+        out = [state[17 + 2 * n] | (state[18 + 2 * n] << 64) for n in range(16)]
+        return list(state[:16]), state[16], out
 
 
 def _modrm(rng: random.Random, reg_field: int = -1) -> tuple[int, int]:
@@ -252,7 +273,7 @@ def test_random_instructions_match_the_host_cpu():
         if _would_divide_error(encoding, regs):
             continue
         flags = 2 | rng.choice((0, ALL, CF, ZF | PF, SF | OF | AF))
-        got_regs, got_flags = native.run(encoding, regs, flags)
+        got_regs, got_flags, _ = native.run(encoding, regs, flags, [0] * 16)
         cpu = make_cpu(64)
         cpu.regs[:] = regs
         cpu.regs[4] = 0x8000
@@ -266,4 +287,109 @@ def test_random_instructions_match_the_host_cpu():
             mismatches.append(f"{encoding.hex()}: regs {diff} flags ours={cpu.rflags:#x} host={got_flags:#x} "
                               f"defined={defined:#x}")
     assert ran > CASES // 2
+    assert not mismatches, "\n".join(mismatches[:20])
+
+
+def _xmm_modrm(rng: random.Random) -> tuple[int, int]:
+    reg, rm = rng.randrange(16), rng.randrange(16)
+    return (4 if reg >= 8 else 0) | (1 if rm >= 8 else 0), 0xC0 | ((reg & 7) << 3) | (rm & 7)
+
+
+def random_sse(rng: random.Random) -> tuple[bytes, int]:
+    """(encoding, defined flags) of one register-only SSE/SSE2 instruction from the table."""
+    rex, modrm = _xmm_modrm(rng)
+    rex_byte = bytes([0x40 | rex]) if rex else b""
+    kind = rng.choice(("packed", "packed", "shift_imm", "shuffle", "ps", "scalar", "scalar", "compare", "convert",
+                       "moves", "gpr"))
+    if kind == "packed":
+        opc, _ = rng.choice(PACKED_INT_OPS)
+        return b"\x66" + rex_byte + bytes([0x0F, int(opc, 16), modrm]), ALL
+    if kind == "shift_imm":
+        opc, digit, _ = rng.choice(PACKED_SHIFT_IMM)
+        rm_rex = rex & 1
+        m = 0xC0 | (digit << 3) | (modrm & 7)
+        count = rng.choice((0, 1, 3, 7, 8, 15, 16, 31, 33, 64, 200))
+        return b"\x66" + (b"\x41" if rm_rex else b"") + bytes([0x0F, int(opc, 16), m, count]), ALL
+    if kind == "shuffle":
+        prefix, opc = rng.choice(((b"\x66", 0x70), (b"\xf2", 0x70), (b"\xf3", 0x70), (b"", 0xC6), (b"\x66", 0xC6)))
+        return prefix + rex_byte + bytes([0x0F, opc, modrm, rng.randrange(256)]), ALL
+    if kind == "ps":
+        prefix = rng.choice((b"", b"\x66"))
+        opc = rng.choice((0x14, 0x15, 0x54, 0x55, 0x56, 0x57, 0x28, 0x10))
+        return prefix + rex_byte + bytes([0x0F, opc, modrm]), ALL
+    if kind == "scalar":
+        opc, _ = rng.choice(SCALAR_FP_OPS)
+        return rng.choice((b"\xf2", b"\xf3")) + rex_byte + bytes([0x0F, int(opc, 16), modrm]), ALL
+    if kind == "compare":
+        prefix = rng.choice((b"", b"\x66"))
+        return prefix + rex_byte + bytes([0x0F, rng.choice((0x2E, 0x2F)), modrm]), ALL
+    if kind == "convert":
+        choice = rng.choice(("2a", "2c", "2d", "5a"))
+        prefix = rng.choice((b"\xf2", b"\xf3"))
+        w = rng.choice((0, 8)) if choice != "5a" else 0
+        rex_w = rex | w
+        if choice in ("2a", "2c", "2d"):
+            reg, rm = (modrm >> 3) & 7, modrm & 7
+            if choice == "2a" and (rm == 4 and not rex & 1):
+                return b"\x90", 0  # the GPR source would be RSP
+            if choice != "2a" and (reg == 4 and not rex & 4):
+                return b"\x90", 0  # the GPR destination would be RSP
+        return prefix + (bytes([0x40 | rex_w]) if rex_w else b"") + bytes([0x0F, int(choice, 16), modrm]), ALL
+    if kind == "moves":
+        prefix, opc = rng.choice(((b"\xf3", 0x10), (b"\xf2", 0x10), (b"\xf3", 0x11), (b"\xf2", 0x11),
+                                  (b"", 0x12), (b"", 0x16), (b"\xf3", 0x7E), (b"\x66", 0xD6), (b"\x66", 0x6F),
+                                  (b"\xf3", 0x6F)))
+        return prefix + rex_byte + bytes([0x0F, opc, modrm]), ALL
+    # xmm <-> GPR: movd/movq, pmovmskb, movmskps/pd, pextrw, pinsrw (GPR side never RSP)
+    reg, rm = (modrm >> 3) & 7, modrm & 7
+    prefix, opc, gpr_field = rng.choice(((b"\x66", 0x6E, "rm"), (b"\x66", 0x7E, "rm"), (b"\x66", 0xD7, "reg"),
+                                         (b"", 0x50, "reg"), (b"\x66", 0x50, "reg"), (b"\x66", 0xC5, "reg"),
+                                         (b"\x66", 0xC4, "rm")))
+    if (gpr_field == "rm" and rm == 4 and not rex & 1) or (gpr_field == "reg" and reg == 4 and not rex & 4):
+        return b"\x90", 0
+    w = rng.choice((0, 8))
+    rex_w = rex | w
+    tail = bytes([rng.randrange(256)]) if opc in (0xC4, 0xC5) else b""
+    return prefix + (bytes([0x40 | rex_w]) if rex_w else b"") + bytes([0x0F, opc, modrm]) + tail, ALL
+
+
+def _interesting_xmm(rng: random.Random) -> int:
+    """Random lanes mixed with FP specials: zeros, ones, NaNs, infinities, denormals, large integers."""
+    specials = [0, 1.0, -1.0, 2.5, -0.0, float("inf"), float("-inf"), float("nan"), 1e300, 1e-310, 3.0e9, -7.5]
+    lanes = []
+    for _ in range(2):
+        r = rng.random()
+        if r < 0.4:
+            lanes.append(struct.unpack("<Q", struct.pack("<d", rng.choice(specials)))[0])
+        elif r < 0.6:
+            lo = struct.unpack("<I", struct.pack("<f", rng.choice(specials[:7] + [2.0, 0.1])))[0]
+            lanes.append(lo | (rng.randrange(1 << 32) << 32))
+        else:
+            lanes.append(rng.randrange(1 << 64))
+    return lanes[0] | (lanes[1] << 64)
+
+
+def test_random_sse_instructions_match_the_host_cpu():
+    native = Native()
+    rng = random.Random(4321)
+    mismatches = []
+    for _ in range(CASES):
+        encoding, defined = random_sse(rng)
+        regs = [rng.choice((0, 1, 0xFFFF, 0x8000_0000, rng.randrange(1 << 64))) for _ in range(16)]
+        regs[4] = 0
+        xmm = [_interesting_xmm(rng) for _ in range(16)]
+        flags = 2 | rng.choice((0, ALL))
+        got_regs, got_flags, got_xmm = native.run(encoding, regs, flags, xmm)
+        cpu = make_cpu(64)
+        cpu.regs[:] = regs
+        cpu.regs[4] = 0x8000
+        cpu.rflags = flags
+        cpu.xmm[:] = xmm
+        run_code(cpu, SparseMmu(), encoding)
+        ours = list(cpu.regs)
+        ours[4] = got_regs[4] = 0
+        if ours != got_regs or cpu.xmm != got_xmm or (cpu.rflags ^ got_flags) & defined:
+            diff = [(f"xmm{i}", hex(a), hex(b)) for i, (a, b) in enumerate(zip(cpu.xmm, got_xmm)) if a != b]
+            diff += [(f"r{i}", hex(a), hex(b)) for i, (a, b) in enumerate(zip(ours, got_regs)) if a != b]
+            mismatches.append(f"{encoding.hex()}: {diff} flags ours={cpu.rflags:#x} host={got_flags:#x}")
     assert not mismatches, "\n".join(mismatches[:20])
