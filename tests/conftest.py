@@ -114,7 +114,7 @@ def xvm_session() -> Callable[..., ProcessResult]:
 
 @pytest.fixture(scope="session")
 def qemu() -> Callable[..., ProcessResult]:
-    """`qemu(kernel, cmdline)` boots a multiboot kernel under QEMU TCG, the reference machine.
+    """`qemu(kernel, cmdline, cpus)` boots a multiboot kernel under QEMU TCG, the reference machine.
 
     QEMU's isa-debug-exit makes the status (v << 1) | 1; -no-reboot turns a
     triple fault into a clean exit with status 0.
@@ -123,9 +123,10 @@ def qemu() -> Callable[..., ProcessResult]:
     if binary is None:
         pytest.skip("qemu-system-x86_64 not installed: the reference runs of the test guests need it")
 
-    def run(kernel: Path, cmdline: str = "", timeout: float = 30.0) -> ProcessResult:
+    def run(kernel: Path, cmdline: str = "", cpus: int = 1, timeout: float = 30.0) -> ProcessResult:
         return run_process(
-            [binary, "-M", "pc", "-accel", "tcg", "-m", "64", "-kernel", str(kernel), "-append", cmdline,
+            [binary, "-M", "pc", "-accel", "tcg", "-smp", str(cpus), "-m", "64", "-kernel", str(kernel),
+             "-append", cmdline,
              "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot", "-nodefaults",
              "-device", "isa-debug-exit,iobase=0xf4,iosize=4"],
             timeout,

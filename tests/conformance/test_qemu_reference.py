@@ -17,7 +17,7 @@ QEMU_TRIPLE_FAULT_STATUS = 0
 @pytest.mark.parametrize("name", list(GUESTS))
 def test_guest_under_qemu(name: str, guests, qemu) -> None:
     guest = GUESTS[name]
-    result = qemu(guests[name], guest.cmdline)
+    result = qemu(guests[name], guest.cmdline, guest.cpus)
     problems = guest.problems(result.returncode, result.stdout, QEMU_TRIPLE_FAULT_STATUS)
     assert not problems, "\n".join(problems) + "\n" + result.describe()
 

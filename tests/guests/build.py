@@ -45,6 +45,8 @@ class Guest:
     exit_value: Optional[int]
     #: Check names it prints as `PASS <name>`, in order.
     passes: tuple[str, ...]
+    #: vCPUs to boot it with.
+    cpus: int = 1
 
     @property
     def source(self) -> Path:
@@ -77,8 +79,8 @@ class Guest:
         return problems
 
 
-def _guest(name: str, checks: str, cmdline: str = "", exit_value: Optional[int] = 0) -> Guest:
-    return Guest(name, cmdline, exit_value, tuple(f"{name}.{check}" for check in checks.split()))
+def _guest(name: str, checks: str, cmdline: str = "", exit_value: Optional[int] = 0, cpus: int = 1) -> Guest:
+    return Guest(name, cmdline, exit_value, tuple(f"{name}.{check}" for check in checks.split()), cpus)
 
 
 #: Every guest, in the order of the README.
@@ -156,6 +158,7 @@ GUESTS: dict[str, Guest] = {
             "timer_irq",
             "pic_imr pit_counts pit_count_in_range pit_ticks pit_vector_only lapic_counts_down lapic_ticks pit_masked",
         ),
+        _guest("smp", "bsp_apic_id ap_checked_in ap_apic_id ap_protected_mode_cs ap_started_in_real_mode", cpus=2),
         # A short run for the test suite; bench/pio_exits.py passes a larger count.
         _guest("pio_loop", "count", cmdline="count=1000"),
     )
