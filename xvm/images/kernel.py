@@ -313,6 +313,11 @@ def build_kernel(progress: Optional[Progress] = None, force: bool = False) -> Pa
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(target)
+        # Trees of other source versions or patch sets would only be used again by
+        # an older recipe; each is about 1.6 GB. Safe to remove under the lock.
+        for other in work.glob("linux-*"):
+            if other != tree and other.is_dir():
+                shutil.rmtree(other, ignore_errors=True)
         if progress is not None:
             progress.done(f"{release}, bzImage {(target / 'bzImage').stat().st_size // 1024} KiB")
         return target
