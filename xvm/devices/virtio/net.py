@@ -160,6 +160,12 @@ class NetDevice(VirtioDevice):
             super().write_status(value)
             self._rx_lock.notify_all()
 
+    def enable_queue(self, index: int) -> None:
+        # Re-validating the receive queue must not race the reader thread's pop().
+        with self._rx_lock:
+            super().enable_queue(index)
+            self._rx_lock.notify_all()
+
     def close(self) -> None:
         """Stop the reader thread, then release the backend (a created TAP disappears)."""
         with self._rx_lock:
