@@ -29,6 +29,7 @@ from xvm.engines.bt.ops.common import (
     gp0,
     handles,
     handles_mem,
+    mem_linear,
     read_E,
     read_gpr,
     seg_linear,
@@ -98,18 +99,32 @@ def _make_alu(op: int, dst: str, src: str):
 
         if byte:
             def reg_form(cpu, mmu, ins, io):
-                d, s_ = (ins.rm, ins.reg) if dst_is_rm else (ins.reg, ins.rm)
-                b = ins.imm & 0xFF if imm else get_r8(cpu, s_, ins.rex)
+                d = ins.rm if dst_is_rm else ins.reg
+                b = ins.imm & 0xFF if imm else get_r8(cpu, ins.reg if dst_is_rm else ins.rm, ins.rex)
                 r = alu(cpu, get_r8(cpu, d, ins.rex), b, 1)
                 if writes:
                     set_r8(cpu, d, ins.rex, r)
+        elif imm:
+            def reg_form(cpu, mmu, ins, io):
+                size = ins.opsize
+                mask = MASK[size]
+                regs = cpu.regs
+                d = ins.rm
+                r = alu(cpu, regs[d] & mask, ins.imm & mask, size)
+                if writes:
+                    regs[d] = (regs[d] & ~0xFFFF) | r if size == 2 else r
         else:
             def reg_form(cpu, mmu, ins, io):
                 size = ins.opsize
                 mask = MASK[size]
                 regs = cpu.regs
-                d, s_ = (ins.rm, ins.reg) if dst_is_rm else (ins.reg, ins.rm)
-                r = alu(cpu, regs[d] & mask, ins.imm & mask if imm else regs[s_] & mask, size)
+                if dst_is_rm:
+                    d = ins.rm
+                    b = regs[ins.reg] & mask
+                else:
+                    d = ins.reg
+                    b = regs[ins.rm] & mask
+                r = alu(cpu, regs[d] & mask, b, size)
                 if writes:
                     regs[d] = (regs[d] & ~0xFFFF) | r if size == 2 else r
 
@@ -117,7 +132,7 @@ def _make_alu(op: int, dst: str, src: str):
             def mem_form(cpu, mmu, ins, io):
                 size = 1 if byte else ins.opsize
                 b = ins.imm & MASK[size] if imm else read_gpr(cpu, ins, ins.reg, size)
-                lin = seg_linear(cpu, ins.seg, ea(cpu, ins), size, writes)
+                lin = mem_linear(cpu, ins, size, writes)
                 user = cpu.cpl == 3
                 r = alu(cpu, mmu.read(lin, size, user), b, size)
                 if writes:
@@ -125,7 +140,7 @@ def _make_alu(op: int, dst: str, src: str):
         else:
             def mem_form(cpu, mmu, ins, io):
                 size = 1 if byte else ins.opsize
-                b = mmu.read(seg_linear(cpu, ins.seg, ea(cpu, ins), size, False), size, cpu.cpl == 3)
+                b = mmu.read(mem_linear(cpu, ins, size, False), size, cpu.cpl == 3)
                 r = alu(cpu, read_gpr(cpu, ins, ins.reg, size), b, size)
                 if writes:
                     write_gpr(cpu, ins, ins.reg, size, r)
@@ -158,7 +173,7 @@ for _form in ("Eb_Gb", "Ev_Gv", "AL_Ib", "rAX_Iz", "Eb_Ib", "Ev_Iz"):
 def _rmw_E(cpu, mmu, ins, size, fn) -> None:
     """Read-modify-write the r/m operand with fn(cpu, value, size) -> result."""
     if ins.is_mem:
-        lin = seg_linear(cpu, ins.seg, ea(cpu, ins), size, True)
+        lin = mem_linear(cpu, ins, size, True)
         user = cpu.cpl == 3
         mmu.write(lin, size, fn(cpu, mmu.read(lin, size, user), size), user)
     else:
@@ -553,14 +568,14 @@ def mov_v_reg(cpu, mmu, ins, io):
 @handles_mem("mov_Eb_Gb", "mov_Ev_Gv")
 def mov_M_G(cpu, mmu, ins, io):
     size = 1 if ins.op.operands[0] == "Eb" else ins.opsize
-    mmu.write(seg_linear(cpu, ins.seg, ea(cpu, ins), size, True), size, read_gpr(cpu, ins, ins.reg, size),
+    mmu.write(mem_linear(cpu, ins, size, True), size, read_gpr(cpu, ins, ins.reg, size),
               cpu.cpl == 3)
 
 
 @handles_mem("mov_Gb_Eb", "mov_Gv_Ev")
 def mov_G_M(cpu, mmu, ins, io):
     size = 1 if ins.op.operands[0] == "Gb" else ins.opsize
-    write_gpr(cpu, ins, ins.reg, size, mmu.read(seg_linear(cpu, ins.seg, ea(cpu, ins), size, False), size,
+    write_gpr(cpu, ins, ins.reg, size, mmu.read(mem_linear(cpu, ins, size, False), size,
                                                 cpu.cpl == 3))
 
 
@@ -614,7 +629,7 @@ def xchg_E_G(cpu, mmu, ins, io):
     size = 1 if ins.op.operands[0] == "Eb" else ins.opsize
     b = read_gpr(cpu, ins, ins.reg, size)
     if ins.is_mem:
-        lin = seg_linear(cpu, ins.seg, ea(cpu, ins), size, True)
+        lin = mem_linear(cpu, ins, size, True)
         user = cpu.cpl == 3
         a = mmu.read(lin, size, user)
         mmu.write(lin, size, b, user)
@@ -638,7 +653,7 @@ def cmpxchg(cpu, mmu, ins, io):
     size = 1 if ins.op.operands[0] == "Eb" else ins.opsize
     acc = cpu.regs[RAX] & MASK[size]
     if ins.is_mem:
-        lin = seg_linear(cpu, ins.seg, ea(cpu, ins), size, True)
+        lin = mem_linear(cpu, ins, size, True)
         user = cpu.cpl == 3
         dest = mmu.read(lin, size, user)
         flags_sub(cpu, acc, dest, acc - dest, size)
@@ -661,7 +676,7 @@ def xadd(cpu, mmu, ins, io):
     size = 1 if ins.op.operands[0] == "Eb" else ins.opsize
     b = read_gpr(cpu, ins, ins.reg, size)
     if ins.is_mem:
-        lin = seg_linear(cpu, ins.seg, ea(cpu, ins), size, True)
+        lin = mem_linear(cpu, ins, size, True)
         user = cpu.cpl == 3
         a = mmu.read(lin, size, user)
         r = flags_add(cpu, a, b, a + b, size)
@@ -762,7 +777,7 @@ def nop(cpu, mmu, ins, io):
 @handles("clflush_Mb")
 def clflush_Mb(cpu, mmu, ins, io):
     """No cache to flush, but the address is still checked like a byte read (SDM Vol. 2 CLFLUSH)."""
-    mmu.translate(seg_linear(cpu, ins.seg, ea(cpu, ins), 1, False), 0, cpu.cpl == 3)
+    mmu.translate(mem_linear(cpu, ins, 1, False), 0, cpu.cpl == 3)
 
 
 @handles("bound_Gv_Ma")

@@ -158,21 +158,29 @@ def seg_linear(cpu, seg: int, offset: int, size: int, write: bool) -> int:
 
 
 def mem_linear(cpu, ins, size: int, write: bool) -> int:
-    return seg_linear(cpu, ins.seg, ea(cpu, ins), size, write)
+    """Linear address of the ModRM memory operand (ea() inlined: this is on every memory access)."""
+    a = ins.disp
+    if ins.base >= 0:
+        a += cpu.regs[ins.base]
+    if ins.index >= 0:
+        a += cpu.regs[ins.index] << ins.scale
+    if ins.rip_relative:
+        a += cpu.rip
+    return seg_linear(cpu, ins.seg, a & ins.addr_mask, size, write)
 
 
 def read_mem(cpu, mmu, ins, size: int) -> int:
-    return mmu.read(seg_linear(cpu, ins.seg, ea(cpu, ins), size, False), size, cpu.cpl == 3)
+    return mmu.read(mem_linear(cpu, ins, size, False), size, cpu.cpl == 3)
 
 
 def write_mem(cpu, mmu, ins, size: int, value: int) -> None:
-    mmu.write(seg_linear(cpu, ins.seg, ea(cpu, ins), size, True), size, value & MASK[size], cpu.cpl == 3)
+    mmu.write(mem_linear(cpu, ins, size, True), size, value & MASK[size], cpu.cpl == 3)
 
 
 def read_E(cpu, mmu, ins, size: int) -> int:
     """The r/m operand's value."""
     if ins.is_mem:
-        return mmu.read(seg_linear(cpu, ins.seg, ea(cpu, ins), size, False), size, cpu.cpl == 3)
+        return mmu.read(mem_linear(cpu, ins, size, False), size, cpu.cpl == 3)
     if size == 1:
         return get_r8(cpu, ins.rm, ins.rex)
     return cpu.regs[ins.rm] & MASK[size]
@@ -180,7 +188,7 @@ def read_E(cpu, mmu, ins, size: int) -> int:
 
 def write_E(cpu, mmu, ins, size: int, value: int) -> None:
     if ins.is_mem:
-        mmu.write(seg_linear(cpu, ins.seg, ea(cpu, ins), size, True), size, value & MASK[size], cpu.cpl == 3)
+        mmu.write(mem_linear(cpu, ins, size, True), size, value & MASK[size], cpu.cpl == 3)
     elif size == 1:
         set_r8(cpu, ins.rm, ins.rex, value)
     else:
