@@ -23,6 +23,8 @@ never runs a stale decode even without write tracking.
 
 from __future__ import annotations
 
+import threading
+
 from xvm.engines.bt.decoder.decoder import OPDEFS, Instr, NeedMoreBytes, decode
 from xvm.engines.bt.decoder.disasm import format_instr
 from xvm.engines.bt.faults import GP, GuestFault
@@ -46,8 +48,24 @@ def _bind() -> None:
     for d in OPDEFS:
         d.fn = HANDLERS[d.handler]
         d.fn_mem = HANDLERS_MEM.get(d.handler, d.fn)
+        d.fn_locked = _locked(d.fn_mem) if d.lock else d.fn_mem
 
 
+def _locked(fn):
+    """Run `fn` holding the bus lock, so that locked read-modify-writes of vCPU threads do not interleave.
+
+    Python threads interleave between bytecodes, so LOCK CMPXCHG on one vCPU
+    could otherwise split another's; plain accesses need no lock (they are
+    not atomic on hardware either beyond their own size).
+    """
+    def locked(cpu, mmu, ins, io):
+        with BUS_LOCK:
+            fn(cpu, mmu, ins, io)
+    return locked
+
+
+#: The one bus lock of the machine (all vCPU threads of all VMs in this process: locked instructions are rare).
+BUS_LOCK = threading.Lock()
 _bind()
 
 _cache: dict[int, Instr] = {}

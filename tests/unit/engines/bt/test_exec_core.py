@@ -264,3 +264,31 @@ def test_self_modifying_code_is_never_run_stale():
     cpu.rip = CODE
     execute_one(cpu, mmu, None)
     assert cpu.regs[RAX] == 2
+
+
+def test_locked_increments_from_two_vcpu_threads_do_not_interleave():
+    import sys
+    import threading
+
+    mmu = SparseMmu()
+    mmu.write_bytes(CODE, bytes.fromhex("f0ff03"), False)  # lock inc dword [rbx]
+    rounds = 3000
+
+    def vcpu():
+        cpu = make_cpu(64)
+        cpu.regs[RBX] = 0x6000
+        for _ in range(rounds):
+            cpu.rip = CODE
+            execute_one(cpu, mmu, None)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=vcpu) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert mmu.read(0x6000, 4, False) == 2 * rounds

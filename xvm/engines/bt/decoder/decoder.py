@@ -55,8 +55,8 @@ class OpDef:
 
     __slots__ = ("index", "mnemonics", "mnemonic", "operands", "handler", "fn", "map", "opcode",
                  "plus_r", "has_modrm", "reg", "mod", "modrm_exact", "prefix", "w",
-                 "fn_mem", "i64", "o64", "d64", "f64", "lock", "rep", "by_addr", "specificity", "force_reg",
-                 "reg_check")
+                 "fn_mem", "fn_locked", "i64", "o64", "d64", "f64", "lock", "rep", "by_addr", "specificity",
+                 "force_reg", "reg_check")
 
     def __init__(self, index: int, opcode: str, mnemonic: str, operands: str, attrs: str) -> None:
         self.index = index
@@ -67,6 +67,8 @@ class OpDef:
         #: Handlers, bound by cpu.py: for register (or no) ModRM operands, and for memory operands.
         self.fn = None
         self.fn_mem = None
+        #: The memory form under the bus lock: LOCK-prefixed instructions and XCHG with memory.
+        self.fn_locked = None
         words = opcode.split()
         self.prefix: Optional[int] = None
         if words[0] == "NP":
@@ -352,7 +354,7 @@ def decode(code: bytes, bits: int) -> Instr:
                         ins.disp = _signed(code[pos], 8)
                         pos += 1
             if ins.is_mem:
-                ins.fn = op.fn_mem
+                ins.fn = op.fn_locked if lock or op.mnemonic == "xchg" else op.fn_mem
             elif op.mod == "m":
                 raise GuestFault(UD)
             if op.reg_check is not None and not op.reg_check(ins.reg, long_mode):
