@@ -3,15 +3,16 @@
 Timed devices (PIT, RTC, LAPIC timer) read a Clock (`now_ns()`) and catch up
 when the run loop calls `timers.tick(now)` (STYLE.md 12). On bt that clock
 is, by default, *virtual*: time is the boot vCPU's retired-instruction count
-times NS_PER_INSTRUCTION, plus the idle time skipped when the guest halts
-waiting for a timer. The same guest with the same inputs therefore sees the
-same interrupts at the same instructions, and a run is reproducible down to
-the instruction trace. `--clock host` uses the host's monotonic clock
-instead (time passes while Python is slow, as a human at the console sees it).
+times NS_PER_INSTRUCTION, plus the time skipped when a HLT waits for the
+next timer (idle time costs nothing) and PAUSE_NS per PAUSE. The same guest
+with the same inputs therefore sees the same interrupts at the same
+instructions, and a run is reproducible down to the instruction trace.
+`--clock host` uses the host's monotonic clock instead (time passes while
+Python is slow, as a human at the console sees it).
 
     clock = BtClock()
     clock.attach(cpu)                 # the boot vCPU's CpuState
-    clock.now_ns()                    # cpu.icount * NS_PER_INSTRUCTION + skipped idle time
+    clock.now_ns()                    # cpu.icount * NS_PER_INSTRUCTION + time skipped
 
 Choice of NS_PER_INSTRUCTION. The guest perceives a CPU retiring
 1e9 / NS_PER_INSTRUCTION instructions per second. A smaller value (a faster
@@ -36,6 +37,13 @@ from xvm.engines.bt.state import CpuState
 
 #: Virtual nanoseconds per retired guest instruction (see the module docstring).
 NS_PER_INSTRUCTION = 1
+#: Virtual nanoseconds a PAUSE costs. PAUSE is the spin-wait hint (SDM Vol. 2
+#: PAUSE; Linux's cpu_relax() in every polling loop and udelay()): charging it
+#: time, as hardware pause-loop exiting hands a spinning vCPU's time away,
+#: lets busy-waits end in a few hundred iterations instead of one per
+#: nanosecond. Hardware PAUSE takes 10 to 140 cycles; a spinning guest cannot
+#: tell a slower PAUSE from a busier machine.
+PAUSE_NS = 200
 CLOCK_MODES = ("virtual", "host")
 
 
@@ -68,11 +76,16 @@ class BtClock:
         cpu = self._cpu
         return self._idle_ns + (cpu.icount * NS_PER_INSTRUCTION if cpu is not None else 0)
 
-    def skip_to(self, when_ns: int) -> None:
-        """Virtual time: jump forward to `when_ns` (an idle vCPU waiting for a timer); never backwards."""
-        now = self.now_ns()
-        if self.virtual and when_ns > now:
-            self._idle_ns += when_ns - now
+    def skip_to(self, when_ns: int) -> int:
+        """Virtual time: jump forward to `when_ns` (an idle vCPU waiting for a timer); never backwards.
+
+        Returns the nanoseconds skipped (0 with host time).
+        """
+        delta = when_ns - self.now_ns()
+        if not self.virtual or delta <= 0:
+            return 0
+        self._idle_ns += delta
+        return delta
 
     def instructions_until(self, when_ns: int) -> int:
         """How many instructions the boot vCPU retires before virtual time reaches `when_ns` (>= 0)."""

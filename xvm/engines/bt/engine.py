@@ -53,10 +53,11 @@ from xvm.engines.base import (
     VcpuExit,
 )
 from xvm.engines.bt import interrupts
-from xvm.engines.bt.clock import CLOCK_MODES, BtClock
+from xvm.engines.bt.clock import CLOCK_MODES, NS_PER_INSTRUCTION, PAUSE_NS, BtClock
 from xvm.engines.bt.cpu import execute_one
 from xvm.engines.bt.faults import GuestFault, TripleFault
 from xvm.engines.bt.mmu.softmmu import Mmu
+from xvm.engines.bt.ops.system import advance_tsc
 from xvm.engines.bt.state import CpuState
 from xvm.engines.bt.stats import BtStats
 from xvm.engines.bt.trace import trace_line
@@ -284,6 +285,20 @@ class BtVcpu:
         self.kick()
         self.cache.clear()
 
+    def spin_wait(self) -> None:
+        """The guest executed PAUSE: let virtual time (and the TSC) move on by PAUSE_NS."""
+        if self.index == 0:
+            self._skip_time(self._clock.now_ns() + PAUSE_NS)
+            deadline = self._deadline
+            if deadline is not None and self._clock.now_ns() >= deadline:
+                self._poll_at = 0
+
+    def _skip_time(self, when_ns: int) -> None:
+        """Jump virtual time to `when_ns`; the TSC, which counts instructions, jumps with it."""
+        skipped = self._clock.skip_to(when_ns)
+        if skipped:
+            advance_tsc(self.cpu, skipped // NS_PER_INSTRUCTION)
+
     def _device_exit(self) -> None:
         """A device was accessed: it may have raised an interrupt or moved a timer deadline."""
         self.counters.device_exits += 1
@@ -426,7 +441,7 @@ class BtVcpu:
         if deadline is not None and clock.virtual:
             # Nothing runs until the next timer fires: let virtual time skip there.
             self.counters.idle_skips += 1
-            clock.skip_to(deadline)
+            self._skip_time(deadline)
         else:
             wait = IDLE_WAIT_S
             if deadline is not None:

@@ -17,6 +17,7 @@ import pytest
 
 from xvm.arch.x86.regs import CR0_ET, CR0_PE, Regs, Segment, SpecialRegs
 from xvm.engines.base import Hlt, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, Shutdown
+from xvm.engines.bt.clock import PAUSE_NS
 from xvm.engines.bt.engine import BtEngine, BtVcpu
 from xvm.memory.guest_memory import GuestMemory
 
@@ -433,3 +434,30 @@ top:
     rig.io.on_out = dma
     assert isinstance(rig.run(), Hlt)
     assert rig.vcpu.stats["invalidations_from_code_writes"] >= 1
+
+
+
+def test_pause_charges_virtual_time_and_the_tsc_follows(rig_factory):
+    rig = rig_factory(IVT_HANDLER + """
+    rdtsc
+    mov [0x900], eax
+    mov cx, 100
+spin:
+    pause
+    loop spin
+    rdtsc
+    sub eax, [0x900]
+    mov [0x904], eax
+    sti
+    hlt                     ; idle until the timer at 1 ms: the TSC skips with virtual time
+    cli
+    rdtsc
+    mov [0x908], eax
+    hlt
+handler:
+    iret
+""", deadline=1_000_000)
+    assert isinstance(rig.run(), Hlt)
+    assert 100 * PAUSE_NS <= rig.memory.read_u32(0x904) < 100 * PAUSE_NS + 1000
+    assert rig.memory.read_u32(0x908) >= 1_000_000
+    assert rig.vcpu.cpu.icount < 1000

@@ -37,7 +37,8 @@ MAX_BLOCK_INSTRUCTIONS = 64
 #: CLI/STI, MOV SS, LSS, far transfers, INT, SYSCALL..., MOV CRn/DRn, LMSW,
 #: CLTS, INVLPG, WRMSR), touch devices (IN/OUT/INS/OUTS), read the time
 #: (RDTSC/RDTSCP: the block settles the instruction count before its last
-#: instruction, so they read it exactly), stop the CPU (HLT) or are
+#: instruction, so they read it exactly), stop the CPU (HLT), spin-wait
+#: (PAUSE: the monitor charges it virtual time, see clock.PAUSE_NS) or are
 #: privileged system instructions.
 SENSITIVE = frozenset((
     "hlt", "cli", "sti", "popf", "iret", "int", "int1", "int3", "into", "retf",
@@ -45,7 +46,7 @@ SENSITIVE = frozenset((
     "syscall", "sysret", "sysenter", "sysexit", "swapgs",
     "lgdt", "lidt", "sgdt", "sidt", "lldt", "ltr", "sldt", "str", "smsw", "lmsw", "clts", "invlpg",
     "lar", "lsl", "verr", "verw", "arpl", "lss",
-    "wrmsr", "rdmsr", "cpuid", "rdtsc", "rdtscp", "wbinvd", "invd", "ud2",
+    "wrmsr", "rdmsr", "cpuid", "rdtsc", "rdtscp", "wbinvd", "invd", "ud2", "pause",
 ))
 #: Far forms of JMP/CALL (through a far pointer: mode and CS change).
 FAR_OPERANDS = frozenset(("Ap", "Mp"))

@@ -46,12 +46,15 @@ _PAGE = 0x1000
 class Block:
     """One translated block and its chain links."""
 
-    __slots__ = ("fn", "key", "paddr", "raw", "vpn", "valid", "rip0", "next0", "rip1", "next1", "sensitive")
+    __slots__ = ("fn", "key", "paddr", "raw", "vpn", "valid", "rip0", "next0", "rip1", "next1", "sensitive",
+                 "pause")
 
-    def __init__(self, fn, key: tuple, paddr: int, raw: bytes, vpn: int, sensitive: bool) -> None:
+    def __init__(self, fn, key: tuple, paddr: int, raw: bytes, vpn: int, last) -> None:
         self.fn = fn
         #: Its last instruction is sensitive: after it, control returns to the monitor.
-        self.sensitive = sensitive
+        self.sensitive = is_sensitive(last)
+        #: ... and is PAUSE, the spin-wait hint the monitor charges virtual time for.
+        self.pause = last.op.mnemonic == "pause"
         self.key = key
         self.paddr = paddr
         #: The guest bytes it was translated from (checked when its page is written).
@@ -151,6 +154,8 @@ class BlockCache:
             self._smc[0] = 0  # a store before the tail hit translated code: the tail did not run
         else:
             self.counters.emulated_instructions += 1
+            if block.pause:
+                vcpu.spin_wait()
         if (interrupts_were_off and cpu.rflags & RFLAGS_IF) or cpu.interrupt_shadow or cpu.halted:
             vcpu._poll_at = 0
 
@@ -193,7 +198,7 @@ class BlockCache:
             return None
         length = sum(ins.length for ins in instrs)
         fn = generate(instrs, rip, cpu, mmu, self.io, self._smc)
-        block = Block(fn, key, paddr, bytes(code[:length]), linear >> 12, is_sensitive(instrs[-1]))
+        block = Block(fn, key, paddr, bytes(code[:length]), linear >> 12, instrs[-1])
         self._blocks[key] = block
         self._pages.setdefault(ppn, []).append(block)
         self.counters.blocks_translated += 1
