@@ -113,6 +113,7 @@ PVM_MASKED_FEATURES = (
     _feature("f16c", 0x1, 0, "ecx", 29, 4, _NEEDS_XSAVE),
     _feature("cx16", 0x1, 0, "ecx", 13, 4, "CMPXCHG16B fails in the PVM instruction emulator"),
     _feature("pcid", 0x1, 0, "ecx", 17, 4, "PCID is not virtualized by PVM's shadow paging"),
+    _feature("popcnt", 0x1, 0, "ecx", 23, 4, "POPCNT fails in the PVM instruction emulator (Linux's hweight)"),
     _feature("fsgsbase", 0x7, 0, "ebx", 0, 9, "not offered by KVM on PVM, yet kernel-mode CPUID shows the host's"),
     _feature("avx2", 0x7, 0, "ebx", 5, 9, _NEEDS_XSAVE),
     _feature("invpcid", 0x7, 0, "ebx", 10, 9, "PCID is not virtualized by PVM's shadow paging"),
