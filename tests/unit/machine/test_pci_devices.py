@@ -1,0 +1,102 @@
+"""add_pci_and_virtio: the bus at 0xCF8, firmware-style BAR addresses, BARs on the MMIO bus once enabled."""
+
+from __future__ import annotations
+
+import pytest
+
+from xvm.arch.x86 import layout
+from xvm.bus import Bus
+from xvm.bus.irq import NullIrqLine
+from xvm.config import MachineConfig
+from xvm.devices.virtio.console import VirtioConsole
+from xvm.devices.virtio.rng import VirtioRng
+from xvm.machine.pci_devices import BarAllocator, add_pci_and_virtio, add_virtio_mmio
+from xvm.memory.guest_memory import GuestMemory
+
+
+class FakeVm:
+    def __init__(self):
+        self.lines = {}
+        self.messages = []
+        self.dma = []
+
+    def irq_line(self, irq):
+        return self.lines.setdefault(irq, NullIrqLine())
+
+    def msi_sink(self):
+        return self
+
+    def signal_msi(self, message):
+        self.messages.append(message)
+
+    def memory_written(self, gpa, length):
+        self.dma.append((gpa, length))
+
+
+@pytest.fixture
+def machine():
+    memory = GuestMemory.allocate(16 << 20)
+    yield memory, FakeVm(), Bus("pio"), Bus("mmio")
+    memory.close()
+
+
+def cfg_read(pio, slot, register, size=4):
+    pio.write(layout.PORT_PCI_CONFIG_ADDRESS, 4, 0x8000_0000 | slot << 11 | register & 0xFC)
+    return pio.read(layout.PORT_PCI_CONFIG_DATA + (register & 3), size)
+
+
+def cfg_write(pio, slot, register, size, value):
+    pio.write(layout.PORT_PCI_CONFIG_ADDRESS, 4, 0x8000_0000 | slot << 11 | register & 0xFC)
+    pio.write(layout.PORT_PCI_CONFIG_DATA + (register & 3), size, value)
+
+
+def test_rng_only_by_default(machine):
+    memory, vm, pio, mmio = machine
+    devices = add_pci_and_virtio(MachineConfig(), vm, pio, mmio, memory, lambda data: None)
+    assert [type(d) for d in devices] == [VirtioRng]
+    assert cfg_read(pio, 0, 0) == 0x1237_8086
+    assert cfg_read(pio, 1, 0) == 0x1044_1AF4
+    assert cfg_read(pio, 2, 0) == 0xFFFF_FFFF
+    assert cfg_read(pio, 1, 0x3C, 1) == layout.PCI_INTX_IRQS[0]
+    bar0 = cfg_read(pio, 1, 0x10)
+    bar2 = cfg_read(pio, 1, 0x18) & ~0xF
+    assert layout.PCI_MMIO_START <= bar0 < layout.PCI_MMIO_START + layout.PCI_MMIO_SIZE
+    assert bar2 % 0x4000 == 0 and cfg_read(pio, 1, 0x1C) == 0
+    assert mmio.lookup(bar2) is None  # not decoded until the guest enables memory space
+    cfg_write(pio, 1, 0x04, 2, 0x6)
+    device, offset = mmio.lookup(bar2 + 0x12)
+    assert offset == 0x12 and mmio.read(bar2 + 0x12, 2) == 1  # num_queues through the bus
+    cfg_write(pio, 1, 0x04, 2, 0)
+    assert mmio.lookup(bar2) is None
+
+
+def test_console_when_asked(machine):
+    memory, vm, pio, mmio = machine
+
+    class Config:  # MachineConfig with the virtio_console flag the lead adds
+        disks = ()
+        nets = ()
+        virtio_console = True
+
+    out = []
+    devices = add_pci_and_virtio(Config(), vm, pio, mmio, memory, out.append)
+    assert isinstance(devices[1], VirtioConsole)
+    assert cfg_read(pio, 2, 0) == 0x1043_1AF4
+    assert cfg_read(pio, 2, 0x3C, 1) == layout.PCI_INTX_IRQS[1]
+    devices[1].output(b"x")
+    assert out == [b"x"]
+
+
+def test_bar_allocator_aligns_and_runs_out():
+    bars = BarAllocator(0x1000, 0x10000)
+    assert bars.allocate(0x4000) == 0x4000
+    assert bars.allocate(0x1000) == 0x8000
+    with pytest.raises(Exception, match="PCI MMIO window"):
+        bars.allocate(0x10000)
+
+
+def test_virtio_mmio_placement(machine):
+    memory, vm, _, mmio = machine
+    word = add_virtio_mmio(VirtioRng(memory), vm, mmio, 0)
+    assert word == f"virtio_mmio.device=4K@{layout.VIRTIO_MMIO_START:#x}:{layout.VIRTIO_MMIO_IRQ_BASE}"
+    assert mmio.read(layout.VIRTIO_MMIO_START, 4) == 0x74726976
