@@ -565,24 +565,39 @@ def mov_v_reg(cpu, mmu, ins, io):
         regs[dst] = regs[src] & MASK[size]
 
 
-@handles_mem("mov_Eb_Gb", "mov_Ev_Gv")
-def mov_M_G(cpu, mmu, ins, io):
-    size = 1 if ins.op.operands[0] == "Eb" else ins.opsize
-    mmu.write(mem_linear(cpu, ins, size, True), size, read_gpr(cpu, ins, ins.reg, size),
-              cpu.cpl == 3)
+@handles_mem("mov_Eb_Gb")
+def mov_Mb_Gb(cpu, mmu, ins, io):
+    mmu.write(mem_linear(cpu, ins, 1, True), 1, get_r8(cpu, ins.reg, ins.rex), cpu.cpl == 3)
 
 
-@handles_mem("mov_Gb_Eb", "mov_Gv_Ev")
-def mov_G_M(cpu, mmu, ins, io):
-    size = 1 if ins.op.operands[0] == "Gb" else ins.opsize
-    write_gpr(cpu, ins, ins.reg, size, mmu.read(mem_linear(cpu, ins, size, False), size,
-                                                cpu.cpl == 3))
+@handles_mem("mov_Ev_Gv")
+def mov_Mv_Gv(cpu, mmu, ins, io):
+    size = ins.opsize
+    mmu.write(mem_linear(cpu, ins, size, True), size, cpu.regs[ins.reg] & MASK[size], cpu.cpl == 3)
 
 
-@handles("mov_Eb_Ib", "mov_Ev_Iz")
-def mov_E_I(cpu, mmu, ins, io):
-    size = 1 if ins.op.operands[0] == "Eb" else ins.opsize
-    write_E(cpu, mmu, ins, size, ins.imm)
+@handles_mem("mov_Gb_Eb")
+def mov_Gb_Mb(cpu, mmu, ins, io):
+    set_r8(cpu, ins.reg, ins.rex, mmu.read(mem_linear(cpu, ins, 1, False), 1, cpu.cpl == 3))
+
+
+@handles_mem("mov_Gv_Ev")
+def mov_Gv_Mv(cpu, mmu, ins, io):
+    size = ins.opsize
+    value = mmu.read(mem_linear(cpu, ins, size, False), size, cpu.cpl == 3)
+    regs = cpu.regs
+    r = ins.reg
+    regs[r] = (regs[r] & ~0xFFFF) | value if size == 2 else value
+
+
+@handles("mov_Eb_Ib")
+def mov_Eb_Ib(cpu, mmu, ins, io):
+    write_E(cpu, mmu, ins, 1, ins.imm)
+
+
+@handles("mov_Ev_Iz")
+def mov_Ev_Iz(cpu, mmu, ins, io):
+    write_E(cpu, mmu, ins, ins.opsize, ins.imm)
 
 
 @handles("mov_Zb_Ib")
@@ -607,9 +622,14 @@ def mov_moffs(cpu, mmu, ins, io):
         write_gpr(cpu, ins, RAX, size, mmu.read(lin, size, cpu.cpl == 3))
 
 
-@handles("movzx_Gv_Eb", "movzx_Gv_Ew")
-def movzx(cpu, mmu, ins, io):
-    set_reg(cpu, ins.reg, ins.opsize, read_E(cpu, mmu, ins, 1 if ins.op.operands[1] == "Eb" else 2))
+@handles("movzx_Gv_Eb")
+def movzx_Gv_Eb(cpu, mmu, ins, io):
+    set_reg(cpu, ins.reg, ins.opsize, read_E(cpu, mmu, ins, 1))
+
+
+@handles("movzx_Gv_Ew")
+def movzx_Gv_Ew(cpu, mmu, ins, io):
+    set_reg(cpu, ins.reg, ins.opsize, read_E(cpu, mmu, ins, 2))
 
 
 @handles("movsx_Gv_Eb", "movsx_Gv_Ew", "movsxd_Gv_Ez")
