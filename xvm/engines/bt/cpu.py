@@ -4,10 +4,18 @@
     disassemble_at(cpu, mmu)       # "f000:fff0  ea 5b e0 00 f0  jmp 0F000h:0E05Bh"
 
 The decoder (decoder/decoder.py) and the handlers (ops/*.py) are bound once,
-here, by handler name: each table row's `fn` is the function registered for
-it, so dispatch is `ins.fn(cpu, mmu, ins, io)` with no lookup at run time.
-The translator (translate/) runs the same handlers from the same decoded
-instructions; this interpreter is the reference path and single-stepper.
+here, by handler name: each table row gets its register-form handler `fn`,
+its memory-form handler `fn_mem` (a specialisation where ops/ registered one)
+and `fn_locked` (the memory form under BUS_LOCK, for LOCK and XCHG), and the
+decoder stores the right one in `ins.fn`; dispatch is `ins.fn(cpu, mmu, ins,
+io)` with no lookup at run time. The translator (translate/) runs the same
+handlers from the same decoded instructions; this interpreter is the
+reference path and single-stepper.
+
+Not modelled: the TF single-step trap and debug-register breakpoints (the run
+loop steps TF code through here but delivers no #DB), alignment checks (#AC),
+VME/PVI, x87 arithmetic, MMX, SSE3 and later, packed floating-point arithmetic
+and MXCSR exception flags. CPUID (ops/system.py) advertises none of them.
 
 Precise faults (STYLE.md 10; Blink `RestoreIp`): a handler may raise
 GuestFault at any point; execute_one then restores RIP, RSP and RFLAGS to
