@@ -15,7 +15,9 @@ reference path and single-stepper.
 Not modelled: the TF single-step trap and debug-register breakpoints (the run
 loop steps TF code through here but delivers no #DB), alignment checks (#AC),
 VME/PVI, x87 arithmetic, MMX, SSE3 and later, packed floating-point arithmetic
-and MXCSR exception flags. CPUID (ops/system.py) advertises none of them.
+and MXCSR exception flags. CPUID (ops/system.py) advertises none of them,
+except the FPU bit, which x86-64 Linux requires (only x87 control
+instructions exist: FNINIT, FLDCW/FNSTCW, FNSTSW, FNCLEX, FXSAVE/FXRSTOR).
 
 Precise faults (STYLE.md 10; Blink `RestoreIp`): a handler may raise
 GuestFault at any point; execute_one then restores RIP, RSP and RFLAGS to
