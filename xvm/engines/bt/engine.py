@@ -39,7 +39,7 @@ from collections import deque
 from typing import Callable, Optional
 
 from xvm.arch.x86.regs import RFLAGS_IF, RFLAGS_TF, Regs, SpecialRegs
-from xvm.bus.irq import IrqLine, MsiMessage, MsiSink
+from xvm.bus.irq import IrqLine, MsiSink
 from xvm.engines.base import (
     Hlt,
     Interrupted,
@@ -86,44 +86,40 @@ class Timers(Protocol):
     def next_deadline(self) -> Optional[int]: ...
 
 
-class _PortIo:
-    """Port I/O for the interpreter: IN/OUT become IoIn/IoOut exits served synchronously."""
+class _DeviceAccess:
+    """Port I/O (the interpreter's `io`) or MMIO (the soft MMU's PhysicalIo) as synchronous exits.
 
-    __slots__ = ("_handler", "_vcpu")
+    Each access builds the exit the kvm engine would return (IoIn/IoOut or
+    MmioRead/MmioWrite) and hands it to the machine's exit dispatcher.
+    """
 
-    def __init__(self, handler: IoHandler, vcpu: BtVcpu) -> None:
+    __slots__ = ("_handler", "_vcpu", "_load", "_store")
+
+    def __init__(self, handler: IoHandler, vcpu: BtVcpu, load: Callable, store: Callable) -> None:
         self._handler = handler
         self._vcpu = vcpu
+        self._load = load
+        self._store = store
 
-    def read(self, port: int, size: int) -> int:
+    def read(self, where: int, size: int) -> int:
         buf = bytearray(size)
-        self._handler(IoIn(port, size, 1, memoryview(buf)))
+        self._handler(self._load(where, size, memoryview(buf)))
         self._vcpu._device_exit()
         return int.from_bytes(buf, "little")
 
-    def write(self, port: int, size: int, value: int) -> None:
-        self._handler(IoOut(port, size, 1, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")))
+    def write(self, where: int, size: int, value: int) -> None:
+        self._handler(self._store(where, size, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")))
         self._vcpu._device_exit()
 
 
-class _Mmio:
-    """The soft MMU's PhysicalIo: loads and stores outside RAM become MmioRead/MmioWrite exits."""
+def _port_io(handler: IoHandler, vcpu: BtVcpu) -> _DeviceAccess:
+    return _DeviceAccess(handler, vcpu, lambda port, size, data: IoIn(port, size, 1, data),
+                         lambda port, size, data: IoOut(port, size, 1, data))
 
-    __slots__ = ("_handler", "_vcpu")
 
-    def __init__(self, handler: IoHandler, vcpu: BtVcpu) -> None:
-        self._handler = handler
-        self._vcpu = vcpu
-
-    def read(self, paddr: int, size: int) -> int:
-        buf = bytearray(size)
-        self._handler(MmioRead(paddr, memoryview(buf)))
-        self._vcpu._device_exit()
-        return int.from_bytes(buf, "little")
-
-    def write(self, paddr: int, size: int, value: int) -> None:
-        self._handler(MmioWrite(paddr, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")))
-        self._vcpu._device_exit()
+def _mmio(handler: IoHandler, vcpu: BtVcpu) -> _DeviceAccess:
+    return _DeviceAccess(handler, vcpu, lambda paddr, size, data: MmioRead(paddr, data),
+                         lambda paddr, size, data: MmioWrite(paddr, data))
 
 
 class BtEngine:
@@ -190,9 +186,6 @@ class BtVm:
             raise XvmError("bt engine: connect() the interrupt controllers before asking for the MSI sink")
         return self._msi
 
-    def signal_msi(self, message: MsiMessage) -> None:
-        self.msi_sink().signal_msi(message)
-
     def memory_written(self, paddr: int, length: int) -> None:
         """Guest RAM changed behind the vCPUs' backs (device DMA, a loader): keep them coherent.
 
@@ -228,8 +221,8 @@ class BtVcpu:
         self.index = index
         self.vm = vm
         self.cpu = CpuState()
-        self.mmu = Mmu(vm.memory, self.cpu, _Mmio(vm._io, self))
-        self.io = _PortIo(vm._io, self)
+        self.mmu = Mmu(vm.memory, self.cpu, _mmio(vm._io, self))
+        self.io = _port_io(vm._io, self)
         self.counters = BtStats()
         self._interrupts = vm._interrupts
         self._timers = vm._timers
