@@ -147,9 +147,7 @@ def lxs(cpu, mmu, ins, io):
     selector, offset = _far_pointer(cpu, mmu, ins)
     sreg = _SREG_BY_NAME[ins.op.mnemonic[1:].upper()]
     segments.load_segment(cpu, mmu, sreg, selector)
-    set_reg(cpu, ins.reg, ins.opsize, offset)
-    if sreg == SS:
-        cpu.interrupt_shadow = True
+    set_reg(cpu, ins.reg, ins.opsize, offset)  # LSS, unlike MOV SS / POP SS, opens no interrupt shadow
 
 
 # --- interrupts ---------------------------------------------------------------------

@@ -574,8 +574,7 @@ def sysret(cpu, mmu, ins, io):
         cpu.segs[CS] = _flat(sel | 3, True, 3)
         target = cpu.regs[RCX] & 0xFFFFFFFF
         cpu.rflags |= IF
-    ss = cpu.segs[SS]
-    cpu.segs[SS] = SegmentCache((sel + 8) | 3, ss.base, ss.limit, 0xF3, ss.flags)
+    cpu.segs[SS] = _flat((sel + 8) | 3, False, 3)  # SDM SYSRET: SS gets fixed flat DPL-3 attributes
     cpu.cpl = 3
     cpu.refresh_mode()
     cpu.rip = target
