@@ -57,7 +57,7 @@ from xvm.engines.bt.clock import CLOCK_MODES, NS_PER_INSTRUCTION, PAUSE_NS, BtCl
 from xvm.engines.bt.cpu import execute_one
 from xvm.engines.bt.faults import GuestFault, TripleFault
 from xvm.engines.bt.mmu.softmmu import Mmu
-from xvm.engines.bt.ops.system import advance_tsc
+from xvm.engines.bt.ops.system import advance_tsc, read_tsc
 from xvm.engines.bt.state import CpuState
 from xvm.engines.bt.stats import BtStats
 from xvm.engines.bt.trace import trace_line
@@ -378,6 +378,12 @@ class BtVcpu:
         while dma_writes:
             self.mmu.physical_written(*dma_writes.popleft())
         clock = self._clock
+        if not clock.virtual:
+            # Host time: keep the TSC (which counts instructions) up with the clock, so
+            # that the guest's TSC calibration against the PIT and its clocksource agree.
+            lag = clock.now_ns() // NS_PER_INSTRUCTION - read_tsc(cpu)
+            if lag > 0:
+                advance_tsc(cpu, lag)
         if self.index == 0:
             deadline = self._deadline
             if self._deadline_stale or cpu.icount - self._deadline_read_at >= POLL_INTERVAL:

@@ -299,6 +299,25 @@ def test_runs_are_deterministic(rig_factory):
     assert "loop" in "\n".join(traces[0])
 
 
+def test_translated_runs_are_deterministic_too(rig_factory):
+    states = []
+    for _ in range(2):
+        rig = rig_factory(LOOP, deadline=2500)
+        assert isinstance(rig.run(), Hlt)
+        states.append(_final_state(rig))
+        assert rig.memory.read_u8(0x630) == 1          # the timer interrupt, taken at the HLT
+    assert states[0] == states[1]
+
+
+def test_host_clock_moves_the_tsc_with_host_time(rig_factory):
+    rig = rig_factory("rdtsc\nmov [0x900], eax\nmov [0x904], edx\nhlt")
+    rig.vm.connect(rig.io, rig.interrupts, lambda irq: None, None, rig.timers, clock_mode="host")
+    time.sleep(0.01)
+    assert isinstance(rig.run(), Hlt)
+    tsc = rig.memory.read_u32(0x900) | rig.memory.read_u32(0x904) << 32
+    assert tsc >= 10_000_000
+
+
 def test_translated_and_interpreted_runs_end_in_the_same_state(rig_factory):
     interpreted = rig_factory(LOOP, trace=True)
     translated = rig_factory(LOOP)
