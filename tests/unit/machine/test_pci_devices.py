@@ -100,3 +100,19 @@ def test_virtio_mmio_placement(machine):
     word = add_virtio_mmio(VirtioRng(memory), vm, mmio, 0)
     assert word == f"virtio_mmio.device=4K@{layout.VIRTIO_MMIO_START:#x}:{layout.VIRTIO_MMIO_IRQ_BASE}"
     assert mmio.read(layout.VIRTIO_MMIO_START, 4) == 0x74726976
+
+
+def test_disk_gets_a_virtio_blk_function(machine, tmp_path):
+    from xvm.config import DiskConfig
+
+    memory, vm, pio, mmio = machine
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"\0" * (1 << 20))
+    devices = add_pci_and_virtio(MachineConfig(disks=(DiskConfig(image),)), vm, pio, mmio, memory, lambda d: None)
+    try:
+        assert type(devices[1]).__name__ == "BlockDevice"
+        assert cfg_read(pio, 2, 0) == 0x1042_1AF4
+        assert cfg_read(pio, 2, 0x08) >> 8 == 0x010000  # mass storage (what lspci shows)
+    finally:
+        for device in devices:
+            device.close()
