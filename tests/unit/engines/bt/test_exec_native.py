@@ -32,7 +32,8 @@ pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or
                                 reason="needs an x86-64 Linux host")
 
 
-XMM_BASE = 17 * 8  # state: 16 GPRs, RFLAGS, then XMM0..XMM15 (16 bytes each)
+XMM_BASE = 17 * 8  # state: 16 GPRs, RFLAGS, then XMM0..XMM15 (16 bytes each), then MXCSR
+MXCSR_OFFSET = XMM_BASE + 16 * 16
 
 
 def _xmm_moves(store: bool) -> bytes:
@@ -50,6 +51,7 @@ def _stub(instruction: bytes) -> bytes:
     code = bytearray()
     code += bytes.fromhex("53 55 4154 4155 4156 4157 57")                    # push rbx rbp r12-r15 rdi
     code += _xmm_moves(store=False)
+    code += bytes.fromhex("0f ae 97") + struct.pack("<i", MXCSR_OFFSET)      # ldmxcsr [rdi+MXCSR_OFFSET]
     code += bytes.fromhex("ff b7 80 00 00 00 9d")                            # push [rdi+128]; popfq
     for r in REGS:
         if r == 7:
@@ -66,6 +68,7 @@ def _stub(instruction: bytes) -> bytes:
         code += bytes([rex, 0x89, 0x87 | ((r & 7) << 3)]) + struct.pack("<i", 8 * r)  # mov [rdi+8r], r
     code += bytes.fromhex("9c 58 48 89 87 80 00 00 00")                      # pushfq; pop rax; mov [rdi+128], rax
     code += _xmm_moves(store=True)
+    code += bytes.fromhex("0f ae 9f") + struct.pack("<i", MXCSR_OFFSET)      # stmxcsr [rdi+MXCSR_OFFSET]
     code += bytes.fromhex("58 48 89 47 38")                                  # pop rax; mov [rdi+56], rax
     code += bytes.fromhex("415f 415e 415d 415c 5d 5b c3")                    # pop r15-r12 rbp rbx; ret
     return bytes(code)
@@ -80,16 +83,17 @@ class Native:
         self.addr = ctypes.addressof(ctypes.c_char.from_buffer(self.page))
         self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self.addr)
 
-    def run(self, instruction: bytes, regs: list[int], flags: int, xmm: list[int]) -> tuple[list[int], int, list]:
+    def run(self, instruction: bytes, regs: list[int], flags: int, xmm: list[int],
+            mxcsr: int = 0x1F80) -> tuple[list[int], int, list, int]:
         self.page.seek(0)
         self.page.write(_stub(instruction))
         halves = []
         for v in xmm:
             halves += [v & 0xFFFFFFFFFFFFFFFF, v >> 64]
-        state = (ctypes.c_uint64 * 49)(*regs, flags, *halves)
+        state = (ctypes.c_uint64 * 50)(*regs, flags, *halves, mxcsr)
         self.fn(ctypes.addressof(state))
         out = [state[17 + 2 * n] | (state[18 + 2 * n] << 64) for n in range(16)]
-        return list(state[:16]), state[16], out
+        return list(state[:16]), state[16], out, state[49] & 0xFFFFFFFF
 
 
 def _modrm(rng: random.Random, reg_field: int = -1) -> tuple[int, int]:
@@ -273,7 +277,7 @@ def test_random_instructions_match_the_host_cpu():
         if _would_divide_error(encoding, regs):
             continue
         flags = 2 | rng.choice((0, ALL, CF, ZF | PF, SF | OF | AF))
-        got_regs, got_flags, _ = native.run(encoding, regs, flags, [0] * 16)
+        got_regs, got_flags, _, _ = native.run(encoding, regs, flags, [0] * 16)
         cpu = make_cpu(64)
         cpu.regs[:] = regs
         cpu.regs[4] = 0x8000
@@ -379,7 +383,7 @@ def test_random_sse_instructions_match_the_host_cpu():
         regs[4] = 0
         xmm = [_interesting_xmm(rng) for _ in range(16)]
         flags = 2 | rng.choice((0, ALL))
-        got_regs, got_flags, got_xmm = native.run(encoding, regs, flags, xmm)
+        got_regs, got_flags, got_xmm, got_mxcsr = native.run(encoding, regs, flags, xmm)
         cpu = make_cpu(64)
         cpu.regs[:] = regs
         cpu.regs[4] = 0x8000
@@ -388,8 +392,9 @@ def test_random_sse_instructions_match_the_host_cpu():
         run_code(cpu, SparseMmu(), encoding)
         ours = list(cpu.regs)
         ours[4] = got_regs[4] = 0
-        if ours != got_regs or cpu.xmm != got_xmm or (cpu.rflags ^ got_flags) & defined:
+        if ours != got_regs or cpu.xmm != got_xmm or (cpu.rflags ^ got_flags) & defined or cpu.mxcsr != got_mxcsr:
             diff = [(f"xmm{i}", hex(a), hex(b)) for i, (a, b) in enumerate(zip(cpu.xmm, got_xmm)) if a != b]
             diff += [(f"r{i}", hex(a), hex(b)) for i, (a, b) in enumerate(zip(ours, got_regs)) if a != b]
-            mismatches.append(f"{encoding.hex()}: {diff} flags ours={cpu.rflags:#x} host={got_flags:#x}")
+            mismatches.append(f"{encoding.hex()}: {diff} flags ours={cpu.rflags:#x} host={got_flags:#x} "
+                              f"mxcsr ours={cpu.mxcsr:#x} host={got_mxcsr:#x}")
     assert not mismatches, "\n".join(mismatches[:20])
