@@ -1,0 +1,181 @@
+"""Boot time of the default Linux guest: xvm against QEMU, in one run, side by side.
+
+Every machine boots the same kernel, initramfs and command line and runs
+`echo xvm-bench-ready` through /init. For each boot we record, from process
+start: the kernel's "Run /init as init process" line, the first line /init's
+command prints, and process exit. The table shows medians and the ratio to
+QEMU+KVM (and to QEMU TCG, which on a PVM host boots far faster than KVM);
+xvm's runs also report its exit counts by reason (--stats).
+
+    python bench/boot.py                          # 5 boots each, every machine that can run here
+    python bench/boot.py --runs 3 --machines xvm-kvm,qemu-tcg-pc
+    python bench/boot.py --machines xvm-bt --runs 1 --python pypy3
+
+Not a test: prints a table (and --json for machine-readable figures). A machine
+that fails to boot is reported with its last output lines, not hidden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from xvm.images import command_cmdline, default_guest  # noqa: E402
+
+MARKER = "xvm-bench-ready"
+INIT_LINE = "Run /init as init process"
+CMDLINE = "console=ttyS0 panic=-1 reboot=t"
+MACHINES = ("xvm-kvm", "xvm-bt", "qemu-kvm-microvm", "qemu-kvm-pc", "qemu-tcg-pc", "qemu-tcg-microvm")
+
+
+@dataclass
+class Boot:
+    """One boot's timeline (seconds from process start; None when never seen)."""
+
+    init: Optional[float] = None
+    first_line: Optional[float] = None
+    exit: Optional[float] = None
+    returncode: Optional[int] = None
+    tail: list = field(default_factory=list)
+    stats: Optional[dict] = None
+
+
+def machine_command(machine: str, kernel: Path, vmlinux: Optional[Path], initrd: Path, cmdline: str,
+                    python: str, timeout: float) -> Optional[list]:
+    """The command line for one machine; None when it cannot run here (reason printed)."""
+    if machine.startswith("xvm-"):
+        engine = machine[len("xvm-"):]
+        return [python, "-m", "xvm", "run", "--engine", engine, "--kernel", str(kernel), "--initrd", str(initrd),
+                "--append", cmdline, "--timeout", str(timeout), "--stats"]
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        print(f"{machine}: skipped (qemu-system-x86_64 not installed: apt-get install qemu-system-x86)")
+        return None
+    _, accel, board = machine.split("-")
+    command = [qemu, "-M", board, "-m", "256", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
+               "-initrd", str(initrd), "-append", cmdline]
+    if board == "microvm":
+        if vmlinux is None:
+            print(f"{machine}: skipped (no vmlinux with a PVH entry next to the bzImage)")
+            return None
+        command += ["-kernel", str(vmlinux), "-device", "isa-debug-exit,iobase=0xf4,iosize=1"]
+    else:
+        command += ["-kernel", str(kernel), "-device", "isa-debug-exit,iobase=0xf4,iosize=1"]
+    if accel == "kvm":
+        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            print(f"{machine}: skipped (/dev/kvm is not usable)")
+            return None
+        command += ["-enable-kvm", "-cpu", "qemu64,+xsaveerptr"]
+    else:
+        command += ["-accel", "tcg"]
+    return command
+
+
+def boot_once(command: list, timeout: float) -> Boot:
+    """Run one boot, timestamping console lines as they arrive."""
+    boot = Boot()
+    start = time.monotonic()
+    process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, errors="replace")
+    stderr_lines: list = []
+    reader = threading.Thread(target=lambda: stderr_lines.extend(process.stderr), daemon=True)
+    reader.start()
+    try:
+        for line in process.stdout:
+            now = time.monotonic() - start
+            line = line.rstrip("\r\n")
+            boot.tail = (boot.tail + [line])[-8:]
+            if boot.init is None and INIT_LINE in line:
+                boot.init = now
+            if boot.first_line is None and line.strip() == MARKER:
+                boot.first_line = now
+        boot.returncode = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        boot.returncode = process.wait()
+    boot.exit = time.monotonic() - start
+    reader.join(timeout=5)
+    stats_text = "".join(stderr_lines)
+    if "{" in stats_text:
+        try:
+            boot.stats = json.loads(stats_text[stats_text.index("{"):])
+        except ValueError:
+            pass
+    return boot
+
+
+def median(values: list) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="boots per machine (median reported)")
+    parser.add_argument("--machines", default=",".join(MACHINES),
+                        help="comma-separated subset of " + ", ".join(MACHINES))
+    parser.add_argument("--timeout", type=float, default=900, help="seconds before one boot is abandoned")
+    parser.add_argument("--python", default=sys.executable, help="interpreter for xvm (e.g. pypy3 for bt)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    args = parser.parse_args()
+
+    images = default_guest(build=True)
+    vmlinux = images.kernel.with_name("vmlinux")
+    cmdline = f"{CMDLINE} {command_cmdline(['echo', MARKER])}"
+    results = {}
+    for machine in args.machines.split(","):
+        command = machine_command(machine, images.kernel, vmlinux if vmlinux.exists() else None, images.initrd,
+                                  cmdline, args.python, args.timeout)
+        if command is None:
+            continue
+        boots = []
+        for run in range(args.runs):
+            boot = boot_once(command, args.timeout)
+            boots.append(boot)
+            ok = boot.first_line is not None
+            failure = "" if ok else "  FAILED: " + " | ".join(boot.tail)
+            print(f"{machine} run {run + 1}: init={_fmt(boot.init)} first line={_fmt(boot.first_line)} "
+                  f"exit={_fmt(boot.exit)} status={boot.returncode}{failure}", flush=True)
+            if not ok:
+                break
+        results[machine] = boots
+
+    print()
+    references = ("qemu-kvm-pc", "qemu-tcg-pc")
+    print(f"{'machine':<18} {'to /init':>10} {'first line':>11} {'exit':>9}   "
+          f"first line vs {' / '.join(references)}")
+    reference = {name: median([b.first_line for b in results.get(name, [])]) for name in references}
+    summary = {}
+    for machine, boots in results.items():
+        init, first, done = (median([getattr(b, f) for b in boots]) for f in ("init", "first_line", "exit"))
+        ratios = "  ".join(f"{first / ref:6.2f}x" if first and ref else "     -" for ref in reference.values())
+        print(f"{machine:<18} {_fmt(init):>10} {_fmt(first):>11} {_fmt(done):>9}   {ratios}")
+        summary[machine] = {"init": init, "first_line": first, "exit": done, "runs": len(boots)}
+        exits = [b.stats.get("exits") for b in boots if b.stats]
+        if exits:
+            print(f"{'':<18} exits by reason (last run): {exits[-1]}")
+            summary[machine]["exits"] = exits[-1]
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
