@@ -14,21 +14,10 @@ reference path and single-stepper.
 
 Not modelled: the TF single-step trap and debug-register breakpoints (the run
 loop steps TF code through here but delivers no #DB), alignment checks (#AC),
-VME/PVI, x87 arithmetic, MMX, SSE3 and later, packed floating-point arithmetic
-and MXCSR exception flags. CPUID (ops/system.py) advertises none of them,
-except the FPU bit, which x86-64 Linux requires (only x87 control
-instructions exist: FNINIT, FLDCW/FNSTCW, FNSTSW, FNCLEX, FXSAVE/FXRSTOR).
-
-Precise faults (STYLE.md 10; Blink `RestoreIp`): a handler may raise
-GuestFault at any point; execute_one then restores RIP, RSP and RFLAGS to
-their values before the instruction and re-raises for the run loop to
-deliver. Handlers do their memory accesses before committing register
-results, so nothing else needs undoing; REP string instructions keep the
-progress of completed iterations, as the SDM specifies.
-
-Decoded instructions are cached by physical address and code size, and a
-hit is validated against the freshly fetched bytes, so self-modifying code
-never runs a stale decode even without write tracking.
+VME/PVI, MMX, SSE3 and later, packed floating-point arithmetic, DAZ/FTZ, the
+x87's transcendental/BCD/FSAVE/FCMOV instructions and its 64-bit precision
+(ops/x87.py computes in binary64). CPUID (ops/system.py) advertises none of
+the missing features.
 """
 
 from __future__ import annotations
@@ -38,7 +27,7 @@ import threading
 from xvm.engines.bt.decoder.decoder import OPDEFS, Instr, NeedMoreBytes, decode
 from xvm.engines.bt.decoder.disasm import format_instr
 from xvm.engines.bt.faults import GP, GuestFault
-from xvm.engines.bt.ops import alu, flow, sse, sse_fp, string, system  # noqa: F401 - registers the handlers
+from xvm.engines.bt.ops import alu, flow, sse, sse_fp, string, system, x87  # noqa: F401 - registers the handlers
 from xvm.engines.bt.ops import io as port_io  # noqa: F401 - registers the handlers
 from xvm.engines.bt.ops.common import HANDLERS, HANDLERS_MEM
 from xvm.engines.bt.state import CS, RSP, CpuState

@@ -47,7 +47,6 @@ KNOWN_DIFFERENCES = {
     "fs-gs": "MOV to/from FS/GS: the 286 has no FS/GS and raises #UD",
     "stack-overrun": "real-mode stack limit violation: the 286 raises int 13, 386+ raise #SS (int 12)",
     "string-wrap": "word string access at offset 0FFFFh: the 286 steps SI/DI before raising int 13",
-    "x87": "x87 escape with no coprocessor: the 286 skips it; xvm has no x87 arithmetic (#UD)",
 }
 _LOCKABLE = {"add", "or", "adc", "sbb", "and", "sub", "xor", "not", "neg", "inc", "dec", "xchg"}
 
@@ -141,8 +140,6 @@ def _known_difference(test: dict, vectors: list[int]) -> str:
         return "stack-overrun"
     if 13 in vectors and words[-1] in ("insw", "outsw", "movsw", "stosw", "lodsw", "cmpsw", "scasw"):
         return "string-wrap"
-    if 0xD8 <= code[i] <= 0xDF:
-        return "x87"
     return ""
 
 

@@ -58,6 +58,10 @@ def _operand_size(spec: str, ins: Instr) -> int:
         return 10 if ins.bits == 64 else 6
     if suffix == "a":
         return ins.opsize * 2
+    if suffix == "t":
+        return 10
+    if suffix == "e":
+        return 14 if ins.opsize == 2 else 28
     return ins.opsize
 
 
@@ -84,6 +88,10 @@ def operands(ins: Instr, next_rip: int) -> list[tuple]:
             out.append(("reg", reg_name(0, min(opsize, 4))))
         elif spec == "1":
             out.append(("imm", 1))
+        elif spec == "ST0":
+            out.append(("reg", "st0"))
+        elif spec == "STi":
+            out.append(("reg", f"st{ins.rm & 7}"))
         elif spec in _FIXED_SREG:
             out.append(("reg", spec.lower()))
         elif kind in "EMWRU":

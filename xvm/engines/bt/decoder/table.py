@@ -21,8 +21,9 @@ operands
     register), Z (register in the opcode's low bits), X/Y (string source
     DS:rSI / destination ES:rDI), V/W/U (xmm reg / xmm or memory / xmm reg only);
     size suffixes b w d q v (16/32/64 by operand size) z (16/32) y (32/64)
-    p (far pointer) s (descriptor-table pseudo-descriptor) dq (16 bytes).
-    Fixed operands are register names (AL, rAX, DX, CL) or ``1``.
+    p (far pointer) s (descriptor-table pseudo-descriptor) dq (16 bytes)
+    t (80-bit real) e (x87 environment). Fixed operands are register names
+    (AL, rAX, DX, CL, ST0; STi is the x87 register ModRM.rm names) or ``1``.
 attrs
     ``i64`` invalid in 64-bit mode, ``o64`` valid only in 64-bit mode, ``d64``
     64-bit default operand size in 64-bit mode, ``f64`` operand size forced to
@@ -219,13 +220,73 @@ def _rows() -> list[tuple[str, str, str, str]]:
     add(("FF /4", "jmp", "Ev", "f64"))
     add(("FF /5 m", "jmp", "Mp", ""))
     add(("FF /6", "push", "Ev", "d64"))
-    # --- x87: the control/status subset a kernel and libc touch (no arithmetic) ---
-    add(("DB E3", "fninit", "", ""))
-    add(("DB E2", "fnclex", "", ""))
-    add(("D9 /7 m", "fnstcw", "Mw", ""))
+    # --- x87 (SDM Vol. 1 ch. 8): loads/stores, arithmetic, compares, control. ST0 is the stack top,
+    # STi the register ModRM.rm names; memory operands Md/Mq/Mt are 32/64/80-bit reals (integers for FI*),
+    # Mw 16-bit, Me the 14/28-byte environment. ---
+    arith = ("fadd", "fmul", "fcom", "fcomp", "fsub", "fsubr", "fdiv", "fdivr")
+    for digit, name in enumerate(arith):
+        add((f"D8 /{digit} m", name, "Md", ""))
+        add((f"D8 /{digit} r", name, "ST0,STi", ""))
+        add((f"DC /{digit} m", name, "Mq", ""))
+        add((f"DA /{digit} m", "fi" + name[1:], "Md", ""))
+        add((f"DE /{digit} m", "fi" + name[1:], "Mw", ""))
+    # DC and DE register forms write ST(i); their SUB/DIV halves are swapped relative to D8 (SDM Vol. 2 FSUB).
+    for digit, name in ((0, "fadd"), (1, "fmul"), (4, "fsubr"), (5, "fsub"), (6, "fdivr"), (7, "fdiv")):
+        add((f"DC /{digit} r", name, "STi,ST0", ""))
+        add((f"DE /{digit} r", name + "p", "STi,ST0", ""))
+    add(("DE D9", "fcompp", "", ""))
+    # Undocumented aliases every x87 since the 8087 decodes (FCOM/FCOMP/FXCH/FSTP in other groups).
+    add(("DC /2 r", "fcom", "ST0,STi", ""))
+    add(("DC /3 r", "fcomp", "ST0,STi", ""))
+    add(("DE /2 r", "fcomp", "ST0,STi", ""))
+    add(("DD /1 r", "fxch", "ST0,STi", ""))
+    add(("DF /1 r", "fxch", "ST0,STi", ""))
+    add(("DF /2 r", "fstp", "STi", ""))
+    add(("DF /3 r", "fstp", "STi", ""))
+    add(("DA E9", "fucompp", "", ""))
+    add(("D9 /0 m", "fld", "Md", ""))
+    add(("D9 /2 m", "fst", "Md", ""))
+    add(("D9 /3 m", "fstp", "Md", ""))
+    add(("D9 /4 m", "fldenv", "Me", ""))
     add(("D9 /5 m", "fldcw", "Mw", ""))
+    add(("D9 /6 m", "fnstenv", "Me", ""))
+    add(("D9 /7 m", "fnstcw", "Mw", ""))
+    add(("D9 /0 r", "fld", "STi", ""))
+    add(("D9 /1 r", "fxch", "ST0,STi", ""))
+    add(("D9 D0", "fnop", "", ""))
+    for modrm, name in (("E0", "fchs"), ("E1", "fabs"), ("E4", "ftst"), ("E5", "fxam"), ("E8", "fld1"),
+                        ("E9", "fldl2t"), ("EA", "fldl2e"), ("EB", "fldpi"), ("EC", "fldlg2"), ("ED", "fldln2"),
+                        ("EE", "fldz"), ("F6", "fdecstp"), ("F7", "fincstp"), ("FA", "fsqrt"), ("FC", "frndint")):
+        add((f"D9 {modrm}", name, "", ""))
+    add(("DB /0 m", "fild", "Md", ""))
+    add(("DB /1 m", "fisttp", "Md", ""))
+    add(("DB /2 m", "fist", "Md", ""))
+    add(("DB /3 m", "fistp", "Md", ""))
+    add(("DB /5 m", "fld", "Mt", ""))
+    add(("DB /7 m", "fstp", "Mt", ""))
+    add(("DB E2", "fnclex", "", ""))
+    add(("DB E3", "fninit", "", ""))
+    add(("DB /5 r", "fucomi", "ST0,STi", ""))
+    add(("DB /6 r", "fcomi", "ST0,STi", ""))
+    add(("DD /0 m", "fld", "Mq", ""))
+    add(("DD /1 m", "fisttp", "Mq", ""))
+    add(("DD /2 m", "fst", "Mq", ""))
+    add(("DD /3 m", "fstp", "Mq", ""))
     add(("DD /7 m", "fnstsw", "Mw", ""))
+    add(("DD /0 r", "ffree", "STi", ""))
+    add(("DD /2 r", "fst", "STi", ""))
+    add(("DD /3 r", "fstp", "STi", ""))
+    add(("DD /4 r", "fucom", "ST0,STi", ""))
+    add(("DD /5 r", "fucomp", "ST0,STi", ""))
+    add(("DF /0 m", "fild", "Mw", ""))
+    add(("DF /1 m", "fisttp", "Mw", ""))
+    add(("DF /2 m", "fist", "Mw", ""))
+    add(("DF /3 m", "fistp", "Mw", ""))
+    add(("DF /5 m", "fild", "Mq", ""))
+    add(("DF /7 m", "fistp", "Mq", ""))
     add(("DF E0", "fnstsw", "AX", ""))
+    add(("DF /5 r", "fucomip", "ST0,STi", ""))
+    add(("DF /6 r", "fcomip", "ST0,STi", ""))
     # --- two-byte map 0F ---
     add(("0F 00 /0", "sldt", "Ew", ""))
     add(("0F 00 /1", "str", "Ew", ""))

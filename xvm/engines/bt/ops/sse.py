@@ -4,10 +4,9 @@ Only what a 64-bit Linux kernel and a static busybox execute: the kernel
 initialises and saves FPU state (FNINIT, FLDCW, FXSAVE/FXRSTOR, LDMXCSR)
 and glibc's baseline (SSE2) string and memory functions use 128-bit moves
 and packed byte/word/dword compares, arithmetic, shuffles and shifts.
-Scalar floating point is in sse_fp.py. There is no x87 arithmetic: the data
-registers are kept as opaque 80-bit values so FXSAVE/FXRSTOR round-trip
-them. XMM registers are 128-bit ints in `cpu.xmm`; `cpu.fpu` holds an
-`FpuState`. SSE instructions need CR4.OSFXSR (else #UD), CR0.EM clear (#UD)
+Scalar floating point is in sse_fp.py, the x87 in x87.py (whose FpuState
+FXSAVE/FXRSTOR save and restore). XMM registers are 128-bit ints in
+`cpu.xmm`. SSE instructions need CR4.OSFXSR (else #UD), CR0.EM clear (#UD)
 and CR0.TS clear (#NM) (SDM Vol. 3 13.1).
 """
 
@@ -17,36 +16,11 @@ from xvm.arch.x86.regs import CR0_EM, CR0_TS, CR4_OSFXSR
 from xvm.engines.bt.faults import NM, GuestFault
 from xvm.engines.bt.ops.common import ea, gp0, handles, read_E, seg_linear, set_reg, ud, write_E
 from xvm.engines.bt.ops.system import fpu_check
+from xvm.engines.bt.ops.x87 import fpu
 from xvm.engines.bt.state import MODE_LONG
 
 MXCSR_MASK = 0xFFBF  # every MXCSR bit but DAZ is writable
 M128 = (1 << 128) - 1
-
-
-class FpuState:
-    """x87 control/status/tag words and the eight data registers (80-bit, opaque)."""
-
-    __slots__ = ("fcw", "fsw", "ftw", "fop", "fip", "fdp", "st")
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        """FNINIT state (SDM Vol. 1 8.1.10): FCW 037F, FSW 0, all registers empty."""
-        self.fcw = 0x037F
-        self.fsw = 0
-        self.ftw = 0  # abridged tag: bit set = register valid
-        self.fop = 0
-        self.fip = 0
-        self.fdp = 0
-        self.st = [bytes(10)] * 8
-
-
-def fpu(cpu) -> FpuState:
-    state = cpu.fpu
-    if state is None:
-        state = cpu.fpu = FpuState()
-    return state
 
 
 def sse_check(cpu) -> None:
@@ -54,42 +28,6 @@ def sse_check(cpu) -> None:
         raise ud()
     if cpu.cr0 & CR0_TS:
         raise GuestFault(NM)
-
-
-@handles("fninit")
-def fninit(cpu, mmu, ins, io):
-    fpu_check(cpu)
-    fpu(cpu).reset()
-
-
-@handles("fnclex")
-def fnclex(cpu, mmu, ins, io):
-    fpu_check(cpu)
-    fpu(cpu).fsw &= 0x7F00
-
-
-@handles("fnstcw_Mw")
-def fnstcw_Mw(cpu, mmu, ins, io):
-    fpu_check(cpu)
-    write_E(cpu, mmu, ins, 2, fpu(cpu).fcw)
-
-
-@handles("fldcw_Mw")
-def fldcw_Mw(cpu, mmu, ins, io):
-    fpu_check(cpu)
-    fpu(cpu).fcw = read_E(cpu, mmu, ins, 2) | 0x40
-
-
-@handles("fnstsw_Mw")
-def fnstsw_Mw(cpu, mmu, ins, io):
-    fpu_check(cpu)
-    write_E(cpu, mmu, ins, 2, fpu(cpu).fsw)
-
-
-@handles("fnstsw_AX")
-def fnstsw_AX(cpu, mmu, ins, io):
-    fpu_check(cpu)
-    set_reg(cpu, 0, 2, fpu(cpu).fsw)
 
 
 def _aligned_area(cpu, ins, size: int, write: bool) -> int:
