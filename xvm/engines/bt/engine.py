@@ -55,10 +55,10 @@ from xvm.engines.base import (
 from xvm.engines.bt import interrupts
 from xvm.engines.bt.clock import CLOCK_MODES, NS_PER_INSTRUCTION, PAUSE_NS, BtClock
 from xvm.engines.bt.cpu import execute_one
-from xvm.engines.bt.faults import GuestFault, TripleFault
+from xvm.engines.bt.faults import NMI, GuestFault, TripleFault
 from xvm.engines.bt.mmu.softmmu import Mmu
 from xvm.engines.bt.ops.system import advance_tsc, read_tsc
-from xvm.engines.bt.state import CpuState
+from xvm.engines.bt.state import CS, CpuState
 from xvm.engines.bt.stats import BtStats
 from xvm.engines.bt.trace import trace_line
 from xvm.engines.bt.translate.cache import BlockCache
@@ -186,6 +186,13 @@ class BtVm:
             raise XvmError("bt engine: connect() the interrupt controllers before asking for the MSI sink")
         return self._msi
 
+    def wake(self, index: int) -> None:
+        """An interrupt or IPI arrived for vCPU `index` (the InterruptRouter's on_wake): stop idling now."""
+        for vcpu in self.vcpus:
+            if vcpu.index == index:
+                vcpu._poll_at = 0
+                vcpu._wake.set()
+
     def memory_written(self, paddr: int, length: int) -> None:
         """Guest RAM changed behind the vCPUs' backs (device DMA, a loader): keep them coherent.
 
@@ -228,7 +235,7 @@ class BtVcpu:
         self._timers = vm._timers
         self._clock = vm._clock
         self._trace = vm._trace
-        #: Application processors have no INIT/SIPI path yet: they wait to be kicked.
+        #: Application processors start in wait-for-SIPI (SDM Vol. 3 9.4.4).
         self._waiting_for_sipi = index != 0
         self.cache = BlockCache(self.cpu, self.mmu, self.io, self.counters)
         self._kicked = False
@@ -303,6 +310,9 @@ class BtVcpu:
         """Execute the guest until the machine must see something (module docstring)."""
         counters = self.counters
         cpu = self.cpu
+        bind_cpu = getattr(self._interrupts, "bind_cpu", None)
+        if bind_cpu is not None:
+            bind_cpu(self.index)  # LAPIC MMIO from this thread reaches this vCPU's LAPIC
         start_ns = time.perf_counter_ns()
         start_icount = cpu.icount
         try:
@@ -313,11 +323,9 @@ class BtVcpu:
 
     def _run(self) -> VcpuExit:
         if self._waiting_for_sipi:
-            # Wait-for-SIPI (SDM Vol. 3 9.4): nothing runs until the machine stops or pauses us.
-            self._wake.wait()
-            self._wake.clear()
-            self._kicked = False
-            return Interrupted()
+            stop = self._wait_for_sipi()
+            if stop is not None:
+                return stop
         cpu = self.cpu
         run_blocks = self.cache.run
         step = self._step
@@ -377,6 +385,9 @@ class BtVcpu:
         dma_writes = self._dma_writes
         while dma_writes:
             self.mmu.physical_written(*dma_writes.popleft())
+        stop = self._processor_signals()
+        if stop is not None:
+            return stop
         clock = self._clock
         if not clock.virtual:
             # Host time: keep the TSC (which counts instructions) up with the clock, so
@@ -407,6 +418,66 @@ class BtVcpu:
         self._poll_at = next_poll
         return None
 
+    def _wait_for_sipi(self) -> Optional[VcpuExit]:
+        """Wait-for-SIPI (SDM Vol. 3 9.4.4): an AP sleeps until a STARTUP IPI gives it CS:IP = VV00:0000."""
+        take_init = getattr(self._interrupts, "take_init", None)
+        take_sipi = getattr(self._interrupts, "take_sipi", None)
+        while True:
+            if self._kicked:
+                self._kicked = False
+                self._wake.clear()
+                return Interrupted()
+            if take_init is not None:
+                take_init(self.index)  # INIT while waiting: still waiting (it is what put us here)
+            vector = take_sipi(self.index) if take_sipi is not None else None
+            if vector is not None:
+                self._reset(sipi_vector=vector)
+                return None
+            self._wake.wait(IDLE_WAIT_S)
+            self._wake.clear()
+
+    def _reset(self, sipi_vector: Optional[int] = None) -> None:
+        """INIT: the power-on register state (SDM Vol. 3 Table 10-1), keeping the instruction count.
+
+        With a SIPI vector the CPU then starts in real mode at VV00:0000.
+        """
+        cpu = self.cpu
+        icount = cpu.icount
+        for name, value in vars(CpuState()).items():
+            setattr(cpu, name, value)
+        cpu.icount = icount
+        if sipi_vector is not None:
+            cs = cpu.segs[CS]
+            cs.selector, cs.base, cpu.rip = sipi_vector << 8, sipi_vector << 12, 0
+        cpu.refresh_mode()
+        self.mmu.mode_changed()
+        self._waiting_for_sipi = sipi_vector is None and self.index != 0
+        self._poll_at = 0
+
+    def _processor_signals(self) -> Optional[VcpuExit]:
+        """NMI, and with several vCPUs INIT and SIPI, latched by this vCPU's LAPIC (SDM Vol. 3 10.6.1)."""
+        source = self._interrupts
+        take_nmi = getattr(source, "take_nmi", None)
+        if take_nmi is not None and take_nmi(self.index):
+            self.cpu.halted = False
+            self.counters.interrupts += 1
+            try:
+                interrupts.deliver(self.cpu, self.mmu, NMI, None, interrupts.KIND_NMI, self.cpu.rip)
+            except GuestFault as fault:
+                return self._fault(fault)
+            except TripleFault:
+                return Shutdown("triple fault")
+        if self.vm.cpus > 1:
+            take_init = getattr(source, "take_init", None)
+            take_sipi = getattr(source, "take_sipi", None)
+            if take_init is not None and take_init(self.index):
+                self._reset()
+                if self._waiting_for_sipi:
+                    return Interrupted()
+            elif take_sipi is not None:
+                take_sipi(self.index)  # a SIPI to a running CPU is ignored (SDM Vol. 3 9.4.4)
+        return None
+
     def _read_deadline(self) -> Optional[int]:
         """Ask the timers for their next deadline (after device accesses, ticks, or now and then)."""
         self._deadline = self._timers.next_deadline()
@@ -428,10 +499,20 @@ class BtVcpu:
         return None
 
     def _idle(self) -> Optional[VcpuExit]:
-        """HLT: stop dead with IF=0, else wait for the next interrupt (skipping virtual time)."""
+        """HLT: wait for the next interrupt, skipping virtual time to the next timer deadline.
+
+        With IF=0 only NMI, INIT or SIPI can end the halt, and those come from
+        other processors: on a one-vCPU VM that is a dead stop (Hlt), on a
+        larger one the vCPU waits for them (an AP parked with CLI; HLT).
+        """
         cpu = self.cpu
         if not cpu.rflags & RFLAGS_IF:
-            return Hlt()
+            if self.vm.cpus == 1:
+                return Hlt()
+            self._wake.wait(IDLE_WAIT_S)
+            self._wake.clear()
+            self._poll_at = 0
+            return None
         if self._interrupts.pending(self.index):
             self._poll_at = 0
             return None
@@ -446,5 +527,6 @@ class BtVcpu:
             if deadline is not None:
                 wait = min(wait, max(0, deadline - clock.now_ns()) / 1e9)
             self._wake.wait(wait)
+            self._wake.clear()  # a kick stays visible through _kicked
         self._poll_at = 0
         return None

@@ -60,11 +60,18 @@ class FakeIo:
 
 
 class FakeInterrupts:
-    """An interrupt controller with one pending vector (until acknowledged)."""
+    """An interrupt controller with one pending vector (until acknowledged), and latched INIT/SIPI."""
 
     def __init__(self) -> None:
         self.vector: Optional[int] = None
         self.acknowledged: list = []
+        self.sipi: dict = {}
+
+    def take_init(self, cpu: int) -> bool:
+        return False
+
+    def take_sipi(self, cpu: int) -> Optional[int]:
+        return self.sipi.pop(cpu, None)
 
     def pending(self, cpu: int) -> bool:
         return self.vector is not None
@@ -98,14 +105,14 @@ class Rig:
     """One VM with one vCPU, a guest at CODE, and the fakes around it."""
 
     def __init__(self, code: bytes, protected: bool = False, deadline: Optional[int] = None,
-                 trace: bool = False) -> None:
+                 trace: bool = False, cpus: int = 1) -> None:
         self.memory = GuestMemory.allocate(RAM)
         self.memory.write(CODE, code)
         self.io = FakeIo()
         self.interrupts = FakeInterrupts()
         self.timers = FakeTimers(self.interrupts, deadline)
         self.trace: list = []
-        self.vm = BtEngine().create_vm(self.memory, 1)
+        self.vm = BtEngine().create_vm(self.memory, cpus)
         self.vm.connect(self.io, self.interrupts, lambda irq: None, None, self.timers,
                         trace=self.trace.append if trace else None)
         self.vcpu: BtVcpu = self.vm.create_vcpu(0)
@@ -480,3 +487,14 @@ handler:
     assert 100 * PAUSE_NS <= rig.memory.read_u32(0x904) < 100 * PAUSE_NS + 1000
     assert rig.memory.read_u32(0x908) >= 1_000_000
     assert rig.vcpu.cpu.icount < 1000
+
+
+def test_an_application_processor_starts_at_its_sipi_vector_and_parks(rig_factory):
+    rig = rig_factory("mov byte [0x500], 1\nhlt", cpus=2)
+    ap = rig.vm.create_vcpu(1)
+    rig.interrupts.sipi[1] = CODE >> 12                    # STARTUP IPI: CS = 0x0100, IP = 0
+    threading.Timer(0.3, ap.kick).start()
+    assert isinstance(ap.run(), Interrupted)               # parked with IF=0: it waits for INIT/NMI
+    assert rig.memory.read_u8(0x500) == 1
+    assert ap.cpu.segs[1].selector == CODE >> 4 and ap.cpu.halted
+    assert rig.vcpu.cpu.icount == 0                        # the BSP did not run
