@@ -1,0 +1,185 @@
+"""Guest MIPS of the bt engine on a CPU-bound guest, against QEMU TCG and KVM.
+
+The guest (tests/guests/, GUEST below) does N rounds of integer arithmetic, a
+memory copy and a small sieve, then writes to the debug-exit port. Every
+machine boots it with count=0 and with count=N; the difference of the
+median wall times is the time of the work alone (boot and teardown cancel
+out). The work's instruction count comes from bt itself (`--stats`,
+guest_instructions at N minus at 0) and is the same on every machine, since
+they all run the same code; MIPS = instructions / seconds.
+
+    python bench/bt_mips.py                                  # every machine that runs here
+    python bench/bt_mips.py --machines xvm-bt-pypy,qemu-tcg --count 200
+    python bench/bt_mips.py --profile                        # where bt's time goes (CPython cProfile)
+
+Machines: xvm-bt (this Python), xvm-bt-pypy (`pypy3`), qemu-tcg, xvm-kvm and
+qemu-kvm (with /dev/kvm). Not a test: prints a table and the ratios to QEMU
+TCG. A machine that cannot run here is reported with the reason and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from guests.build import build_all  # noqa: E402  (needs the path above)
+
+GUEST = "cpu_bound"
+MACHINES = ("xvm-bt", "xvm-bt-pypy", "qemu-tcg", "xvm-kvm", "qemu-kvm")
+#: The guest's exit status when it wrote 0 to the debug-exit port ((0 << 1) | 1).
+GUEST_OK = 1
+
+
+def python_for(machine: str) -> Optional[str]:
+    """The interpreter an xvm machine runs on."""
+    if machine == "xvm-bt-pypy":
+        return shutil.which("pypy3")
+    return sys.executable if machine.startswith("xvm-") else None
+
+
+def command(machine: str, kernel: Path, cmdline: str, timeout: float) -> list:
+    """The command line that boots `kernel` on `machine`."""
+    if machine.startswith("xvm-"):
+        engine = "kvm" if machine == "xvm-kvm" else "bt"
+        return [python_for(machine), "-m", "xvm", "run", "--engine", engine, "--kernel", str(kernel),
+                "--append", cmdline, "--mem", "64M", "--timeout", f"{timeout:g}", "--stats"]
+    accel = machine[len("qemu-"):]
+    return ["qemu-system-x86_64", "-M", "pc", "-accel", accel, "-m", "64", "-kernel", str(kernel),
+            "-append", cmdline, "-display", "none", "-serial", "stdio", "-monitor", "none", "-nodefaults",
+            "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
+
+
+def unavailable(machine: str) -> Optional[str]:
+    """Why `machine` cannot run on this host, or None."""
+    if machine.endswith("-kvm") and not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm missing or not permitted"
+    if machine.startswith("qemu-") and shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 not installed"
+    if machine.startswith("xvm-") and python_for(machine) is None:
+        return "pypy3 not installed (Debian: apt-get install pypy3)"
+    return None
+
+
+def guest_instructions(stderr: str) -> Optional[int]:
+    """bt's retired-instruction count from the `--stats` JSON at the end of stderr."""
+    text = "\n" + stderr
+    start = text.find("\n{\n")
+    if start < 0:
+        return None
+    try:
+        stats, _ = json.JSONDecoder().raw_decode(text[start + 1:])
+    except ValueError:
+        return None
+    counts = [vcpu.get("guest_instructions") for vcpu in stats.get("vcpus", [])]
+    counts = [count for count in counts if count is not None]
+    return sum(counts) if counts else None
+
+
+def time_run(argv: list, timeout: float) -> tuple:
+    """(wall seconds, bt instruction count or None) of one run; RuntimeError if the guest failed."""
+    start = time.perf_counter()
+    try:
+        result = subprocess.run(argv, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                errors="replace", timeout=timeout + 30)
+    except subprocess.TimeoutExpired as error:
+        raise RuntimeError(f"no exit within {timeout + 30:g} s") from error
+    elapsed = time.perf_counter() - start
+    if result.returncode != GUEST_OK or "FAIL" in result.stdout:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"exit status {result.returncode}: {last}")
+    return elapsed, guest_instructions(result.stderr)
+
+
+def measure(machine: str, kernel: Path, count: int, repeat: int, timeout: float) -> tuple:
+    """(work seconds, work instructions or None): median(count=N) - median(count=0)."""
+    medians = []
+    instructions = []
+    for n in (0, count):
+        argv = command(machine, kernel, f"count={n}", timeout)
+        runs = [time_run(argv, timeout) for _ in range(repeat)]
+        medians.append(statistics.median(seconds for seconds, _ in runs))
+        instructions.append(runs[0][1])
+    work = instructions[1] - instructions[0] if None not in instructions else None
+    return medians[1] - medians[0], work
+
+
+def profile(kernel: Path, count: int, timeout: float) -> None:
+    """cProfile of one bt run on CPython: the top functions by own time."""
+    argv = [sys.executable, "-m", "cProfile", "-s", "tottime", "-m", "xvm", "run", "--engine", "bt",
+            "--kernel", str(kernel), "--append", f"count={count}", "--mem", "64M", "--timeout", f"{timeout:g}"]
+    result = subprocess.run(argv, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            errors="replace", timeout=timeout + 60)
+    lines = result.stdout.splitlines()
+    for index, line in enumerate(lines):
+        if line.strip().startswith("ncalls"):
+            print("\n".join(lines[index:index + 30]))
+            return
+    print(f"no profile output (exit status {result.returncode})")
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=50, help="rounds of work per run (default 50)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per point; the median counts (default 3)")
+    parser.add_argument("--machines", default=",".join(MACHINES),
+                        help=f"comma-separated, from {', '.join(MACHINES)} (default: all)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds one run may take (default 900)")
+    parser.add_argument("--profile", action="store_true", help="also profile one xvm-bt run under cProfile")
+    parser.add_argument("--guest", default=GUEST,
+                        help="a guest of tests/guests that takes count=N (default %(default)s)")
+    args = parser.parse_args(argv)
+    machines = [name.strip() for name in args.machines.split(",") if name.strip()]
+    bad = [name for name in machines if name not in MACHINES]
+    if bad or args.count < 1 or args.repeat < 1:
+        parser.error(f"unknown machine(s) {', '.join(bad)}" if bad else "--count and --repeat must be positive")
+
+    kernel = build_all([args.guest])[args.guest]
+    print(f"{args.guest} guest, count={args.count}, median of {args.repeat} runs\n")
+    print(f"{'machine':<12} {'work (s)':>10} {'instructions':>14} {'MIPS':>10}")
+    work_instructions: Optional[int] = None
+    results: dict = {}
+    # bt machines first: they count the instructions the others are credited with.
+    for machine in sorted(machines, key=lambda name: not name.startswith("xvm-bt")):
+        reason = unavailable(machine)
+        if reason is None:
+            try:
+                seconds, counted = measure(machine, kernel, args.count, args.repeat, args.timeout)
+            except RuntimeError as error:
+                reason = str(error)
+        if reason is not None:
+            print(f"{machine:<12} skipped: {reason}")
+            continue
+        if counted is not None:
+            work_instructions = counted
+        if work_instructions is None or seconds <= 0:
+            why = "run a bt machine to count instructions" if seconds > 0 else "too short to time: raise --count"
+            print(f"{machine:<12} {seconds:10.3f} {'?':>14} {'?':>10}  ({why})")
+            continue
+        mips = work_instructions / seconds / 1e6
+        results[machine] = mips
+        print(f"{machine:<12} {seconds:10.3f} {work_instructions:14d} {mips:10.2f}")
+    if "qemu-tcg" in results:
+        print()
+        for machine, mips in results.items():
+            if machine != "qemu-tcg":
+                print(f"{machine} / qemu-tcg: {mips / results['qemu-tcg']:.4f}  "
+                      f"(qemu-tcg is {results['qemu-tcg'] / mips:.0f}x faster)")
+    if args.profile:
+        print("\nxvm-bt on CPython, cProfile by own time:")
+        profile(kernel, max(1, args.count // 10), args.timeout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
