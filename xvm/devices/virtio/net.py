@@ -215,10 +215,15 @@ class NetDevice(VirtioDevice):
             if self.backend.vnet_hdr:
                 if len(frame) < NET_HDR_LEN:
                     continue
-                parts = (frame[:10] + _NUM_BUFFERS_1, memoryview(frame)[NET_HDR_LEN:])
+                # bytes, not a memoryview: PyPy's mmap slice assignment takes only bytes.
+                parts = (frame[:10] + _NUM_BUFFERS_1, frame[NET_HDR_LEN:])
             else:
                 parts = (_PLAIN_RX_HDR, frame)
-            self.receive(parts, RX_STALL_SECONDS)
+            try:
+                self.receive(parts, RX_STALL_SECONDS)
+            except Exception:  # a bug here must not silently end the interface's receive path
+                log.exception("%s: receive failed; the frame is dropped", self.name)
+                self.rx_dropped += 1
 
     def receive(self, parts: Sequence[bytes], wait: float = 0.0) -> bool:
         """Put one header + frame into the next receive chain, waiting up to `wait` s for one.
