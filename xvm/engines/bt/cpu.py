@@ -12,8 +12,8 @@ io)` with no lookup at run time. The translator (translate/) runs the same
 handlers from the same decoded instructions; this interpreter is the
 reference path and single-stepper.
 
-Not modelled: the TF single-step trap and debug-register breakpoints (the run
-loop steps TF code through here but delivers no #DB), alignment checks (#AC),
+Not modelled: debug-register breakpoints (the TF single-step trap is, in
+execute_one; the run loop steps TF code through it), alignment checks (#AC),
 VME/PVI, MMX, SSE3 and later, packed floating-point arithmetic, DAZ/FTZ, the
 x87's transcendental/BCD/FSAVE/FCMOV instructions and its 64-bit precision
 (ops/x87.py computes in binary64). CPUID (ops/system.py) advertises none of
@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import threading
 
+from xvm.arch.x86.regs import RFLAGS_TF
+from xvm.engines.bt import interrupts
 from xvm.engines.bt.decoder.decoder import OPDEFS, Instr, NeedMoreBytes, decode
 from xvm.engines.bt.decoder.disasm import format_instr
-from xvm.engines.bt.faults import GP, GuestFault
+from xvm.engines.bt.faults import DB, GP, GuestFault
 from xvm.engines.bt.ops import alu, flow, sse, sse_fp, string, system, x87  # noqa: F401 - registers the handlers
 from xvm.engines.bt.ops import io as port_io  # noqa: F401 - registers the handlers
 from xvm.engines.bt.ops.common import HANDLERS, HANDLERS_MEM
@@ -37,6 +39,9 @@ MAX_LENGTH = 15
 ACCESS_EXEC = 2
 _CACHE_LIMIT = 1 << 16
 _IP_MASK = {16: 0xFFFF, 32: 0xFFFFFFFF, 64: 0xFFFFFFFFFFFFFFFF}
+DR6_BS = 1 << 14  # single-step
+#: Instructions whose interrupt delivery clears TF: no single-step trap after them.
+_TRAPS_CLEAR_TF = frozenset(("int", "int3", "into", "int1"))
 
 
 def _bind() -> None:
@@ -99,7 +104,14 @@ def fetch_decode(cpu: CpuState, mmu) -> Instr:
 
 
 def execute_one(cpu: CpuState, mmu, io) -> None:
-    """Execute one instruction at CS:RIP; on a fault restore RIP/RSP/RFLAGS and re-raise."""
+    """Execute one instruction at CS:RIP; on a fault restore RIP/RSP/RFLAGS and re-raise.
+
+    With RFLAGS.TF set at its start, a completed instruction is followed by
+    the single-step trap (#DB with DR6.BS, RIP after the instruction; SDM
+    Vol. 3 18.3.1.4), except after INT n/INT3/INTO/INT1 (their delivery
+    clears TF) and after MOV SS/POP SS/STI, whose shadow delays it one
+    instruction. A fault while delivering it propagates to the run loop.
+    """
     rip = cpu.rip
     rsp = cpu.regs[RSP]
     rflags = cpu.rflags
@@ -114,6 +126,10 @@ def execute_one(cpu: CpuState, mmu, io) -> None:
         cpu.rflags = rflags
         raise
     cpu.icount += 1
+    if rflags & RFLAGS_TF and not cpu.interrupt_shadow and ins.op.mnemonic not in _TRAPS_CLEAR_TF:
+        cpu.dr[6] |= DR6_BS
+        cpu.halted = False
+        interrupts.deliver(cpu, mmu, DB, None, interrupts.KIND_EXCEPTION, cpu.rip)
 
 
 def step(cpu: CpuState, mmu, io) -> None:

@@ -292,3 +292,20 @@ def test_locked_increments_from_two_vcpu_threads_do_not_interleave():
     finally:
         sys.setswitchinterval(old)
     assert mmu.read(0x6000, 4, False) == 2 * rounds
+
+
+def test_single_step_trap_after_each_instruction():
+    from xvm.engines.bt.state import SegmentCache
+
+    cpu = make_cpu(16)
+    mmu = SparseMmu()
+    cpu.segs[1] = SegmentCache(0, 0, 0xFFFF, 0x9B, 0)
+    cpu.idtr_base, cpu.idtr_limit = 0, 0x3FF
+    mmu.write(4, 4, 0x0000_2000, False)  # IVT vector 1 -> 0000:2000
+    cpu.rflags |= 0x100
+    cpu.regs[RSP] = 0x8000
+    mmu.write_bytes(cpu.rip, bytes.fromhex("40"), False)  # inc ax
+    execute_one(cpu, mmu, None)
+    assert cpu.regs[RAX] == 1 and cpu.rip == 0x2000 and cpu.dr[6] & (1 << 14)
+    assert mmu.read(0x8000 - 6, 2, False) == 0x1001  # the pushed return IP is after INC
+    assert not cpu.rflags & 0x100  # the handler runs without TF
