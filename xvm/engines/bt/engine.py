@@ -4,12 +4,16 @@ Each vCPU owns a CpuState, a soft MMU and a translation cache. `run()` is the
 monitor's loop (SDM Vol. 3 6.6 for where interrupts may be taken):
 
     while nothing for the machine to see:
-        at a boundary: timers due? -> timers.tick(now); IF=1 and no shadow and
-                       an interrupt pending? -> deliver it (INTA: acknowledge)
-        halted?       IF=0 -> Hlt(); else skip virtual time to the next deadline
-        execute       a translated block (fast path), or one instruction through
-                      the interpreter (sensitive instructions, page crossers,
-                      --trace, the instruction after STI/MOV SS, TF=1)
+        at a boundary: timers due? -> timers.tick(now); NMI/INIT/SIPI latched?;
+                       IF=1 and no shadow and an interrupt pending? -> deliver
+                       it (INTA: acknowledge)
+        halted?       IF=0 -> Hlt() (one vCPU) or wait for NMI/INIT; else skip
+                      virtual time to the next timer deadline
+        execute       translated blocks (translate/cache.py), chained, until the
+                      next boundary; a block ending in a sensitive instruction
+                      (emulated by its handler) returns here at once. One
+                      instruction goes through the interpreter instead for page
+                      crossers, --trace, the instruction after STI/MOV SS, TF=1
         GuestFault    -> deliver through the IVT/IDT (interrupts.deliver_fault)
         TripleFault   -> Shutdown("triple fault")
 
@@ -23,6 +27,11 @@ then one integer comparison.
 Device accesses are synchronous: IN/OUT and MMIO build the same IoIn/IoOut/
 MmioRead/MmioWrite exits the kvm engine returns, and hand them to the
 machine's exit dispatcher in the middle of the instruction.
+
+Time (clock.py) is the boot vCPU's instruction count unless `--clock host`:
+HLT skips to the next deadline and PAUSE costs PAUSE_NS, the TSC following
+both. Application processors start in wait-for-SIPI and run on their own
+threads (the GIL serializes them; SMP runs are not deterministic).
 
     vm = BtEngine().create_vm(memory, cpus=1)
     vm.connect(dispatcher.serve_io, router, router.irq_line, router, router)
