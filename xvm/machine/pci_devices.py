@@ -10,13 +10,23 @@ Devices: virtio-rng always; virtio-console when the config asks for it;
 one virtio-blk per --disk and one virtio-net per --net (from block.py and
 net.py, imported only when wanted).
 
+On kvm, queue kicks bypass the vCPU thread: each queue's notify address is
+an ioeventfd (KVM_IOEVENTFD), so the guest's write completes inside KVM and
+one I/O thread (QueueKicker) runs the device. The addresses follow the BAR
+as the guest moves it. Where KVM refuses (or on bt) kicks stay MMIO exits.
+
 virtio-mmio devices are not discovered by a bus scan: `add_virtio_mmio`
 places one and returns the `virtio_mmio.device=` word its kernel needs.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import os
+import select
+import threading
 from typing import Callable, Optional
 
 from xvm.arch.x86 import layout
@@ -30,17 +40,114 @@ from xvm.devices.virtio.rng import VirtioRng
 from xvm.devices.virtio.transport_mmio import VirtioMmioTransport, virtio_mmio_cmdline
 from xvm.devices.virtio.transport_pci import VirtioPciTransport
 from xvm.engines.base import VmBackend
-from xvm.errors import ConfigError
+from xvm.errors import ConfigError, XvmError
 from xvm.memory import GuestMemory
 
 log = logging.getLogger(__name__)
 
 
-class MmioBarMapper:
-    """BarMapper over the MMIO bus: BARs come and go as the guest programs them."""
+_EFD_CLOEXEC = 0o2000000
+_EFD_NONBLOCK = 0o4000
 
-    def __init__(self, mmio: Bus) -> None:
+
+def _eventfd() -> int:
+    """A non-blocking eventfd (os.eventfd is Python 3.10+; libc's serves 3.9 and PyPy)."""
+    if hasattr(os, "eventfd"):
+        return os.eventfd(0, _EFD_CLOEXEC | _EFD_NONBLOCK)
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    fd = libc.eventfd(0, _EFD_CLOEXEC | _EFD_NONBLOCK)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "eventfd failed")
+    return fd
+
+
+class QueueKicker:
+    """kvm: one ioeventfd per virtqueue notify address, served by one I/O thread.
+
+    `attach` registers a transport's queues at its BAR address, `detach` drops
+    them (the guest moved or disabled the BAR). The thread calls
+    VirtioPciTransport.kick, which takes the transport's access lock, so a
+    kick never races a register access from a vCPU.
+    """
+
+    def __init__(self, vm: VmBackend) -> None:
+        self.vm = vm
+        self._poll = select.epoll()
+        self._fds: dict = {}  # eventfd -> (transport, queue index, address)
+        self._by_base: dict = {}  # BAR base -> [eventfd]
+        self._lock = threading.Lock()
+        self._stop_r, self._stop_w = os.pipe()
+        self._poll.register(self._stop_r, select.EPOLLIN)
+        self._thread = threading.Thread(target=self._run, name="xvm-virtio-kicks", daemon=True)
+        self._thread.start()
+
+    def attach(self, transport: VirtioPciTransport, base: int) -> None:
+        fds = []
+        try:
+            for index in range(len(transport.device.queues)):
+                address = base + transport.notify_offset(index)
+                fd = _eventfd()
+                try:
+                    self.vm.register_ioeventfd(fd, address, 2)  # Linux kicks with a 16-bit write
+                except BaseException:
+                    os.close(fd)
+                    raise
+                fds.append(fd)
+                with self._lock:
+                    self._fds[fd] = (transport, index, address)
+                self._poll.register(fd, select.EPOLLIN)
+        except (XvmError, OSError) as error:
+            log.info("virtio kicks at %#x stay MMIO exits: %s", base, error)
+            self._release(fds)
+            return
+        self._by_base[base] = fds
+
+    def detach(self, base: int) -> None:
+        self._release(self._by_base.pop(base, []))
+
+    def _release(self, fds: list) -> None:
+        for fd in fds:
+            with self._lock:
+                _transport, _index, address = self._fds.pop(fd)
+            self._poll.unregister(fd)
+            self.vm.unregister_ioeventfd(fd, address, 2)
+            os.close(fd)
+
+    def _run(self) -> None:
+        while True:
+            for fd, _events in self._poll.poll():
+                if fd == self._stop_r:
+                    return
+                with self._lock:
+                    target = self._fds.get(fd)
+                if target is None:
+                    continue
+                try:
+                    os.read(fd, 8)
+                except BlockingIOError:
+                    continue
+                target[0].kick(target[1])
+
+    def close(self) -> None:
+        """Stop the thread and release every eventfd."""
+        os.write(self._stop_w, b"x")
+        self._thread.join()
+        for base in list(self._by_base):
+            self.detach(base)
+        self._poll.close()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+
+class MmioBarMapper:
+    """BarMapper over the MMIO bus: BARs come and go as the guest programs them.
+
+    With a QueueKicker, a virtio BAR's notify addresses become ioeventfds while it is mapped.
+    """
+
+    def __init__(self, mmio: Bus, kicker: Optional[QueueKicker] = None) -> None:
         self.mmio = mmio
+        self.kicker = kicker
 
     def map(self, base: int, length: int, device: object) -> bool:
         try:
@@ -48,10 +155,14 @@ class MmioBarMapper:
         except BusError as error:
             log.warning("PCI BAR at %#x+%#x not decoded: %s", base, length, error)
             return False
+        if self.kicker is not None and isinstance(device, VirtioPciTransport):
+            self.kicker.attach(device, base)
         return True
 
     def unmap(self, base: int) -> None:
         self.mmio.remove(base)
+        if self.kicker is not None:
+            self.kicker.detach(base)
 
 
 class BarAllocator:
@@ -69,14 +180,27 @@ class BarAllocator:
         return base
 
 
+class VirtioDevices(list):
+    """The VirtioDevices of a machine; `close()` stops them and the kick thread."""
+
+    kicker: Optional[QueueKicker] = None
+
+    def close(self) -> None:
+        if self.kicker is not None:
+            self.kicker.close()
+            self.kicker = None
+        for device in self:
+            device.close()
+
+
 def add_pci_and_virtio(config: MachineConfig, vm: VmBackend, pio: Bus, mmio: Bus, memory: GuestMemory,
-                       console_out: Callable[[bytes], None]) -> list:
+                       console_out: Callable[[bytes], None]) -> VirtioDevices:
     """Build PCI bus 0 with the virtio devices `config` asks for; returns the VirtioDevices.
 
-    The machine calls `close()` on each at shutdown; a VirtioConsole in the
-    list takes host input through `receive()`.
+    The machine calls `close()` on the returned list at shutdown; a
+    VirtioConsole in it takes host input through `receive()`.
     """
-    devices: list = [VirtioRng(memory)]
+    devices = VirtioDevices([VirtioRng(memory)])
     if getattr(config, "virtio_console", False):
         devices.append(VirtioConsole(memory, console_out))
     if config.disks:
@@ -90,7 +214,9 @@ def add_pci_and_virtio(config: MachineConfig, vm: VmBackend, pio: Bus, mmio: Bus
 
     bus = PciBus()
     pio.insert(bus.conf1, layout.PORT_PCI_CONFIG_ADDRESS, 8)
-    mapper = MmioBarMapper(mmio)
+    if hasattr(vm, "register_ioeventfd"):
+        devices.kicker = QueueKicker(vm)
+    mapper = MmioBarMapper(mmio, devices.kicker)
     bars = BarAllocator()
     msi_sink = vm.msi_sink()
     dma_written = getattr(vm, "memory_written", None)

@@ -116,3 +116,60 @@ def test_disk_gets_a_virtio_blk_function(machine, tmp_path):
     finally:
         for device in devices:
             device.close()
+
+
+class IoeventfdVm(FakeVm):
+    """A VmBackend with KVM_IOEVENTFD: records registrations; the test plays KVM and writes the eventfd."""
+
+    def __init__(self, refuse=False):
+        super().__init__()
+        self.ioeventfds = {}
+        self.refuse = refuse
+
+    def register_ioeventfd(self, fd, address, length, pio=False, datamatch=None):
+        if self.refuse:
+            from xvm.errors import KvmError
+
+            raise KvmError("KVM_IOEVENTFD failed")
+        self.ioeventfds[address] = (fd, length)
+
+    def unregister_ioeventfd(self, fd, address, length, pio=False, datamatch=None):
+        assert self.ioeventfds.pop(address) == (fd, length)
+
+
+def test_kicks_through_ioeventfds_follow_the_bar(machine):
+    import os
+    import threading
+
+    memory, _, pio, mmio = machine
+    vm = IoeventfdVm()
+    devices = add_pci_and_virtio(MachineConfig(), vm, pio, mmio, memory, lambda d: None)
+    rng = devices[0]
+    kicked = threading.Event()
+    rng.activated = True
+    rng.queue_notify = lambda index: kicked.set()
+    try:
+        bar2 = cfg_read(pio, 1, 0x18) & ~0xF
+        assert vm.ioeventfds == {}
+        cfg_write(pio, 1, 0x04, 2, 0x6)  # memory decoding on: the notify address becomes an ioeventfd
+        fd, length = vm.ioeventfds[bar2 + 0x3000]
+        assert length == 2
+        os.write(fd, (1).to_bytes(8, "little"))
+        assert kicked.wait(5)
+        cfg_write(pio, 1, 0x18, 4, bar2 + 0x100000)  # the guest moves the BAR
+        assert list(vm.ioeventfds) == [bar2 + 0x100000 + 0x3000]
+    finally:
+        devices.close()
+    assert vm.ioeventfds == {}
+
+
+def test_kicks_stay_mmio_exits_when_kvm_refuses(machine):
+    memory, _, pio, mmio = machine
+    vm = IoeventfdVm(refuse=True)
+    devices = add_pci_and_virtio(MachineConfig(), vm, pio, mmio, memory, lambda d: None)
+    try:
+        cfg_write(pio, 1, 0x04, 2, 0x6)
+        bar2 = cfg_read(pio, 1, 0x18) & ~0xF
+        assert mmio.lookup(bar2 + 0x3000) is not None
+    finally:
+        devices.close()

@@ -164,6 +164,9 @@ class VirtioPciTransport(PciFunction):
             PCI_CAP_ID_VNDR, _virtio_cap(VIRTIO_PCI_CAP_PCI_CFG, 0, 0, 0, b"\0" * 4),
             writable=b"\0\0\xff\0\0\0" + b"\xff" * 12)
 
+        #: Serializes register accesses from vCPUs with kicks from an ioeventfd thread.
+        #: Lock order: access_lock -> device locks -> _lock (ISR) -> MSI-X lock.
+        self.access_lock = threading.RLock()
         self._lock = threading.Lock()
         self._reset_transport()
         device.interrupt = self
@@ -227,6 +230,25 @@ class VirtioPciTransport(PciFunction):
 
     # --- the virtio BAR -------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
+        with self.access_lock:
+            return self._bar_read(offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        with self.access_lock:
+            self._bar_write(offset, size, value)
+
+    def kick(self, index: int) -> None:
+        """The driver notified queue `index` (a notify-region write, or its ioeventfd on kvm)."""
+        with self.access_lock:
+            if index < len(self.device.queues) and self.device.serving:
+                self.device.queue_notify(index)
+
+    @staticmethod
+    def notify_offset(index: int) -> int:
+        """Where in the virtio BAR the driver writes to kick queue `index` (4.1.4.4)."""
+        return NOTIFY_OFFSET + index * NOTIFY_OFF_MULTIPLIER
+
+    def _bar_read(self, offset: int, size: int) -> int:
         if offset < ISR_OFFSET:
             return self._common_read(offset, size)
         if offset < DEVICE_OFFSET:
@@ -240,15 +262,13 @@ class VirtioPciTransport(PciFunction):
             return self.device.config_read(offset - DEVICE_OFFSET, size)
         return 0
 
-    def write(self, offset: int, size: int, value: int) -> None:
+    def _bar_write(self, offset: int, size: int, value: int) -> None:
         if offset < ISR_OFFSET:
             self._common_write(offset, size, value)
         elif DEVICE_OFFSET <= offset < NOTIFY_OFFSET:
             self.device.config_write(offset - DEVICE_OFFSET, size, value)
         elif offset >= NOTIFY_OFFSET:
-            index = (offset - NOTIFY_OFFSET) // NOTIFY_OFF_MULTIPLIER
-            if index < len(self.device.queues) and self.device.serving:
-                self.device.queue_notify(index)
+            self.kick((offset - NOTIFY_OFFSET) // NOTIFY_OFF_MULTIPLIER)
 
     def _selected_queue(self):
         if self.queue_select < len(self.device.queues):
