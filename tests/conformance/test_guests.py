@@ -178,10 +178,6 @@ class TestGuestsKvm(GuestConformance):
 
 class TestGuestsBt(GuestConformance):
     engine = "bt"
-    known_failures = {
-        "x87": KnownFailure("no x87 arithmetic yet (FLD1 raises #UD)", r"unexpected-exception vector=00000006"),
-        "smp": KnownFailure("no INIT/SIPI start of application processors yet", r"FAIL smp.ap_checked_in got=00000000"),
-    }
 
 
 @pytest.mark.kvm
