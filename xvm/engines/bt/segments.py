@@ -71,6 +71,8 @@ FLAG_G = 0x8
 
 _OFFSET_MASK = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: (1 << 64) - 1}
 _WIDTH = {16: 0xFFFF, 32: 0xFFFFFFFF, 64: (1 << 64) - 1}
+#: RFLAGS bits that always read as 0 (3, 5, 15 and 22-63; SDM Vol. 1 3.4.3): an IRET frame cannot set them.
+_RFLAGS_WRITABLE = 0x3F7FD7
 
 
 # --- descriptors --------------------------------------------------------------
@@ -612,7 +614,7 @@ def interrupt_return(cpu: CpuState, mmu: Mmu, opsize: int) -> None:
     if not cpu.cr0 & CR0_PE:
         ip, cs_sel, flags = read_frame(cpu, mmu, 0, 3, opsize)
         keep = RFLAGS_VM | RFLAGS_VIF | RFLAGS_VIP if opsize > 2 else ~0xFFFF
-        cpu.rflags = (rflags & keep) | (flags & ~keep) | 2
+        cpu.rflags = ((rflags & keep) | (flags & ~keep) | 2) & _RFLAGS_WRITABLE
         cpu.regs[RSP] = (cpu.regs[RSP] & ~mask) | ((cpu.regs[RSP] + 3 * opsize) & mask)
         _load_real_cs(cpu, cs_sel & 0xFFFF, ip)
         return
@@ -624,7 +626,7 @@ def interrupt_return(cpu: CpuState, mmu: Mmu, opsize: int) -> None:
         keep = RFLAGS_VM | RFLAGS_IOPL | RFLAGS_VIF | RFLAGS_VIP
         if opsize == 2:
             keep |= ~0xFFFF
-        cpu.rflags = (rflags & keep) | (flags & ~keep) | 2
+        cpu.rflags = ((rflags & keep) | (flags & ~keep) | 2) & _RFLAGS_WRITABLE
         cpu.regs[RSP] = (cpu.regs[RSP] & ~mask) | ((cpu.regs[RSP] + 3 * opsize) & mask)
         _load_real_cs(cpu, cs_sel & 0xFFFF, ip & 0xFFFF)
         return
