@@ -110,7 +110,10 @@ class QueueKicker:
             with self._lock:
                 _transport, _index, address = self._fds.pop(fd)
             self._poll.unregister(fd)
-            self.vm.unregister_ioeventfd(fd, address, 2)
+            try:
+                self.vm.unregister_ioeventfd(fd, address, 2)
+            except (XvmError, OSError, AttributeError) as error:  # the VM may already be closed
+                log.debug("ioeventfd at %#x: %s", address, error)
             os.close(fd)
 
     def _run(self) -> None:
@@ -126,7 +129,13 @@ class QueueKicker:
                     os.read(fd, 8)
                 except BlockingIOError:
                     continue
-                target[0].kick(target[1])
+                transport, index = target[0], target[1]
+                try:
+                    transport.kick(index)
+                except Exception as error:  # noqa: BLE001 - this thread must keep serving every device
+                    # A host-side failure (a backend's DeviceError) breaks this device, not the others.
+                    log.exception("virtio kick of %s queue %d failed", transport.device.name, index)
+                    transport.device.set_needs_reset(f"host error: {error}")
 
     def close(self) -> None:
         """Stop the thread and release every eventfd."""
