@@ -97,7 +97,7 @@ def test_linux_clearcpuid() -> None:
     assert cpuid.linux_clearcpuid(chosen) == "noxsave clearcpuid=308"
     assert cpuid.linux_clearcpuid([]) == ""
     full = cpuid.linux_clearcpuid(cpuid.PVM_MASKED_FEATURES)
-    assert full == "noxsave clearcpuid=141,145,288,298,308"  # cx16 pcid fsgsbase invpcid smap
+    assert full == "noxsave clearcpuid=141,145,151,288,298,308"  # cx16 pcid popcnt fsgsbase invpcid smap
     assert len(full) < 128
 
 
