@@ -688,6 +688,8 @@ def cmpxchg(cpu, mmu, ins, io):
         if acc == dest:
             write_gpr(cpu, ins, ins.rm, size, read_gpr(cpu, ins, ins.reg, size))
         else:
+            # The destination is written back too: a 32-bit register write zero-extends it in 64-bit mode.
+            write_gpr(cpu, ins, ins.rm, size, dest)
             write_gpr(cpu, ins, RAX, size, dest)
 
 
