@@ -72,6 +72,8 @@ class MachineConfig:
     boot: BootConfig = field(default_factory=BootConfig)
     disks: tuple[DiskConfig, ...] = ()
     nets: tuple[NetConfig, ...] = ()
+    #: Add a virtio-console device (hvc0) besides the serial console.
+    virtio_console: bool = False
     #: Seconds before the VM is stopped (None: no limit).
     timeout: Optional[float] = None
     #: bt engine time source: 'virtual' (from the instruction count) or 'host'.

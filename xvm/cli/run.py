@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--disk", action="append", default=[], metavar="PATH[,ro][,cache=none|writeback]",
                         help="virtio-blk disk (repeatable)")
     parser.add_argument("--net", action="append", default=[], metavar="tap[=NAME]|user", help="virtio-net interface")
+    parser.add_argument("--virtio-console", action="store_true",
+                        help="add a virtio-console device (use console=hvc0 on the kernel command line)")
     parser.add_argument("--clock", choices=("virtual", "host"), default="virtual", help="bt engine time source")
     parser.add_argument("--stats", action="store_true", help="print engine and exit statistics at the end")
     parser.add_argument("--trace", action="store_true", help="bt engine: print every guest instruction")
@@ -75,7 +77,7 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
     return MachineConfig(
         mem_mib=parse_mem_size(args.mem), cpus=args.cpus, engine=args.engine, boot=boot,
         disks=tuple(_parse_disk(d) for d in args.disk), nets=tuple(_parse_net(n) for n in args.net),
-        timeout=args.timeout, clock=args.clock, stats=args.stats, trace=args.trace,
+        virtio_console=args.virtio_console, timeout=args.timeout, clock=args.clock, stats=args.stats, trace=args.trace,
     ).validate()
 
 

@@ -8,7 +8,8 @@ rust-vmm vmm-reference DESIGN.md):
 3. buses      one PIO and one MMIO Bus
 4. vm         the engine binds to memory; KVM creates its in-kernel irqchip + PIT
 5. devices    xvm's own PIC/PIT/IOAPIC/LAPIC when the engine has no irqchip of its
-              own (bt); then UART, i8042, RTC, debug-exit, POST port
+              own (bt); then UART, i8042, RTC, debug-exit, POST port; PCI bus 0
+              with virtio-rng and the virtio disks/NICs the config asks for
 6. loader     kernel, initrd, command line, boot tables, boot vCPU state
 7. vcpus      one per --cpus; the boot vCPU gets the loader's registers
 """
@@ -36,6 +37,7 @@ from xvm.engines.base import Engine, Vcpu, VmBackend
 from xvm.errors import ConfigError, KvmError
 from xvm.loaders import LoadedGuest, is_linux_kernel, load_guest
 from xvm.machine.exits import ExitDispatcher
+from xvm.machine.pci_devices import add_pci_and_virtio
 from xvm.memory import GuestMemory
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class MachineParts:
     vm: VmBackend
     dispatcher: ExitDispatcher
     uart: Uart8250
+    virtio: list
     loaded: LoadedGuest
     vcpus: list = field(default_factory=list)
     devices: dict = field(default_factory=dict)
@@ -110,8 +113,9 @@ def build(config: MachineConfig, hooks: MachineHooks) -> MachineParts:
         else:
             timing = _add_interrupt_controllers(config, vm, pio, mmio, dispatcher)
         uart = _add_legacy_devices(vm, pio, memory, timing, hooks)
+        virtio = add_pci_and_virtio(config, vm, pio, mmio, memory, hooks.on_console_output)
         loaded = load_guest(memory, _with_engine_hints(config, vm).boot, config.cpus)
-        parts = MachineParts(config, engine_name, memory, pio, mmio, vm, dispatcher, uart, loaded)
+        parts = MachineParts(config, engine_name, memory, pio, mmio, vm, dispatcher, uart, virtio, loaded)
         for index in range(config.cpus):
             vcpu: Vcpu = vm.create_vcpu(index)
             parts.vcpus.append(vcpu)

@@ -171,6 +171,7 @@ class Machine:
             self.stop()
         self.console.close()
         if self.parts is not None:
+            self.parts.virtio.close()
             for vcpu in self.parts.vcpus:
                 vcpu.close()
             self.parts.vm.close()

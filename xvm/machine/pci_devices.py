@@ -210,7 +210,7 @@ def add_pci_and_virtio(config: MachineConfig, vm: VmBackend, pio: Bus, mmio: Bus
     VirtioConsole in it takes host input through `receive()`.
     """
     devices = VirtioDevices([VirtioRng(memory)])
-    if getattr(config, "virtio_console", False):
+    if config.virtio_console:
         devices.append(VirtioConsole(memory, console_out))
     if config.disks:
         from xvm.devices.virtio.block import BlockDevice
