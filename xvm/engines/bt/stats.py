@@ -7,7 +7,9 @@ into the JSON-ready dict the machine prints.
 
 `efficiency` is Popek and Goldberg's efficiency criterion measured: the
 share of guest instructions that ran inside translated blocks, without the
-monitor stepping in to interpret, emulate or deliver anything.
+monitor stepping in to interpret or emulate them. (A translated load or
+store that reaches MMIO still counts as translated; such device accesses
+are counted apart, in exits_to_device_emulation.)
 """
 
 from __future__ import annotations
