@@ -38,6 +38,10 @@ from xvm.engines.bt.state import CS, MODE_LONG
 from xvm.engines.bt.translate.blocks import is_sensitive, scan
 from xvm.engines.bt.translate.codegen import generate
 
+try:
+    from pypyjit import residual_call as _RESIDUAL_CALL
+except ImportError:  # CPython: every call is a plain call
+    _RESIDUAL_CALL = None
 #: Above this many blocks the cache starts over (a guest that generates code forever).
 MAX_BLOCKS = 1 << 16
 _PAGE = 0x1000
@@ -104,12 +108,24 @@ class BlockCache:
         if block is None:
             return False
         chained = 0
+        previous = None
+        residual_call = _RESIDUAL_CALL
         try:
             while True:
                 if block.sensitive:
                     self._run_sensitive(block, vcpu)
                     return True
-                block.fn()
+                if residual_call is None or block is previous:
+                    block.fn()
+                else:
+                    # PyPy: do not trace into the block from this loop. Inlining every
+                    # block into the dispatch loop's trace guards on which block comes
+                    # next, and a kernel's tens of thousands of blocks then live in
+                    # bridges and the blackhole interpreter (4x slower measured); called
+                    # residually, each hot block is compiled on its own. A block that
+                    # loops on itself is inlined, so guest loops become machine loops.
+                    residual_call(block.fn)
+                previous = block
                 if smc[0]:
                     smc[0] = 0
                     return True
