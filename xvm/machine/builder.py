@@ -148,7 +148,7 @@ def _add_interrupt_controllers(
     returns the clock timed devices must use (virtual time unless --clock host).
     """
     clock = vm.clock()
-    router = InterruptRouter(config.cpus, clock)
+    router = InterruptRouter(config.cpus, clock, on_wake=vm.wake)
     for base, length, device in router.pio_devices():
         pio.insert(device, base, length)
     for base, length, device in router.mmio_devices():
