@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import shutil
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from xvm.config import DEFAULT_CMDLINE, ENGINES, BootConfig, DiskConfig, MachineConfig, NetConfig, parse_mem_size
 from xvm.errors import ConfigError
+from xvm.machine.builder import choose_engine
 from xvm.machine.console import Console
 from xvm.machine.machine import Machine
 
@@ -98,6 +103,9 @@ def _command_from_args(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    engine = choose_engine(config.engine)
+    reexec_under_pypy(engine)
+    config = replace(config, engine=engine)
     command = _command_from_args(args)
     console = Console(echo=True, capture=False)
     # SIGTERM/SIGHUP must unwind through `finally` so the terminal is restored.
@@ -121,3 +129,23 @@ def main(args: argparse.Namespace) -> int:
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def reexec_under_pypy(engine: str) -> None:
+    """Run the bt engine under PyPy when this is CPython and `pypy3` is installed.
+
+    The bt engine is written for PyPy's JIT (several times faster than
+    CPython on guest code) and needs only the standard library, so the same
+    package runs there unchanged. XVM_NO_PYPY=1 keeps the current interpreter.
+    """
+    if engine != "bt" or platform.python_implementation() != "CPython" or os.environ.get("XVM_NO_PYPY"):
+        return
+    pypy = shutil.which("pypy3")
+    if pypy is None:
+        return
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, XVM_NO_PYPY="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(pypy, [pypy, "-m", "xvm", *sys.argv[1:]], env)

@@ -71,13 +71,18 @@ class MachineHooks:
 
 
 def choose_engine(requested: str) -> str:
-    """Resolve `--engine auto`: kvm where /dev/kvm is usable, else bt."""
+    """Resolve `--engine auto`: kvm on VT-x/AMD-V hosts, bt elsewhere.
+
+    On a PVM host (/dev/kvm without hardware virtualization) KVM emulates guest
+    kernel code; measured there, bt boots the default guest faster (about 75 s
+    under PyPy against 90-340 s on kvm), so auto picks bt.
+    """
     if requested != "auto":
         return requested
-    from xvm.engines.kvm.host import kvm_available
+    from xvm.engines.kvm.host import detect_backend, kvm_available
 
     usable, _reason = kvm_available()
-    return "kvm" if usable else "bt"
+    return "kvm" if usable and detect_backend() != "pvm" else "bt"
 
 
 def create_engine(name: str) -> Engine:
