@@ -23,3 +23,12 @@ def test_kvm_runs_a_command_on_two_cpus_and_returns_its_status(kvm_available, xv
     assert lines[lines.index("hello") + 1] == "2", result.describe()
     assert result.returncode == 7, result.describe()
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.linux
+def test_bt_boots_the_default_guest_and_returns_the_command_status(xvm):
+    """The software engine needs no /dev/kvm: it always runs (under PyPy when installed)."""
+    result = xvm("run", "--engine", "bt", "--", "sh", "-c", "echo hi from bt; exit 3", timeout=LINUX_BOOT_TIMEOUT)
+    assert "hi from bt" in result.stdout.splitlines(), result.describe()
+    assert result.returncode == 3, result.describe()
+    assert "Traceback" not in result.stderr
