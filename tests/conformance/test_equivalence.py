@@ -299,7 +299,12 @@ def _composites(draw: Callable, width: int) -> Insn:
         imm = draw(_imm32)
         return Insn(b"\x68" + struct.pack("<I", imm) + bytes((0x58 + dst,)), f"push {imm:#x}; pop {REG_NAMES[dst]}")
     if draw(st.booleans()):
-        return Insn(bytes((0x0F, 0xB1, modrm(3, src, dst))), f"cmpxchg {REG_NAMES[dst]}, {REG_NAMES[src]}", ARITH)
+        # A failed CMPXCHG r32 leaves the destination's upper half alone on the hardware (checked by
+        # test_exec_native.py), but kvm on this nested PVM host writes it back zero-extended, as KVM's
+        # instruction emulator (em_cmpxchg) does: clear the upper half first (mov r32, r32).
+        clear = bytes((0x89, modrm(3, dst, dst))) if width == 32 else b""
+        return Insn(clear + rex_w(width) + bytes((0x0F, 0xB1, modrm(3, src, dst))),
+                    f"cmpxchg {REG_NAMES[dst]}, {REG_NAMES[src]}", ARITH)
     disp = draw(_disp(32))
     return Insn(bytes((0x87, modrm(1, src, 5), disp)), f"xchg [ebp+{disp}], {REG_NAMES[src]}")
 

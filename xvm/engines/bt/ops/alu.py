@@ -669,7 +669,12 @@ def xchg_Zv_rAX(cpu, mmu, ins, io):
 
 @handles("cmpxchg_Eb_Gb", "cmpxchg_Ev_Gv")
 def cmpxchg(cpu, mmu, ins, io):
-    """The destination is written in both outcomes (SDM Vol. 2 CMPXCHG), so a read-only page faults."""
+    """A memory destination is written in both outcomes (SDM Vol. 2 CMPXCHG), so a read-only page faults.
+
+    A register destination is left alone when the compare fails, upper half included: that is what
+    the hardware does (checked natively by tests/unit/engines/bt/test_exec_native.py; FEX and VEX
+    model it the same way). KVM's instruction emulator (em_cmpxchg) writes it back zero-extended.
+    """
     size = 1 if ins.op.operands[0] == "Eb" else ins.opsize
     acc = cpu.regs[RAX] & MASK[size]
     if ins.is_mem:
@@ -688,8 +693,6 @@ def cmpxchg(cpu, mmu, ins, io):
         if acc == dest:
             write_gpr(cpu, ins, ins.rm, size, read_gpr(cpu, ins, ins.reg, size))
         else:
-            # The destination is written back too: a 32-bit register write zero-extends it in 64-bit mode.
-            write_gpr(cpu, ins, ins.rm, size, dest)
             write_gpr(cpu, ins, RAX, size, dest)
 
 
