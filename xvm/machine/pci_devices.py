@@ -127,7 +127,7 @@ class QueueKicker:
                     continue
                 try:
                     os.read(fd, 8)
-                except BlockingIOError:
+                except OSError:  # drained already, or detached (BAR moved) meanwhile
                     continue
                 transport, index = target[0], target[1]
                 try:
