@@ -66,6 +66,16 @@ class GuestImages:
     initrd: Path  # uncompressed newc cpio with busybox and /init
     kind: str  # "minimal" or "debian"
 
+    @property
+    def boot_kernel(self) -> Path:
+        """The image xvm boots: the uncompressed vmlinux (PVH entry) when the build kept one.
+
+        PVH skips the bzImage decompressor: measured on the bt engine, 63 M guest
+        instructions to the command's output instead of 86 M.
+        """
+        vmlinux = self.kernel.with_name("vmlinux")
+        return vmlinux if vmlinux.is_file() else self.kernel
+
 
 def command_cmdline(argv: Sequence[str]) -> str:
     """The command-line fragment that makes /init run `argv` instead of a shell.

@@ -108,7 +108,7 @@ class Machine:
             from xvm.images import default_guest
 
             images = default_guest(build=True)
-            boot = replace(boot, kernel=images.kernel, initrd=boot.initrd or images.initrd)
+            boot = replace(boot, kernel=images.boot_kernel, initrd=boot.initrd or images.initrd)
         if self.command is not None:
             from xvm.images import command_cmdline
 
