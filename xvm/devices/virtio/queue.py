@@ -133,7 +133,8 @@ class DescriptorChain:
                 offset -= size
                 continue
             count = min(size - offset, total - done)
-            self.memory.write(gpa + offset, data[done:done + count])
+            # bytes(): PyPy's mmap takes only bytes; a no-op for a bytes slice on CPython.
+            self.memory.write(gpa + offset, bytes(data[done:done + count]))
             if self._on_write is not None:
                 self._on_write(gpa + offset, count)
             done += count

@@ -268,3 +268,11 @@ def test_used_len_is_u32(driver, queue, memory):
 def test_max_size_must_be_power_of_two(memory):
     with pytest.raises(ValueError):
         Virtqueue(memory, 100)
+
+
+def test_write_accepts_memoryview_and_bytearray(driver, queue):
+    head = driver.post([], [4, 4])
+    chain = queue.pop()
+    assert chain.write(memoryview(b"abcdef")) == 6
+    assert chain.write(bytearray(b"XY"), offset=6) == 2
+    assert driver.written(head) == b"abcdefXY"
