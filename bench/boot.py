@@ -57,9 +57,10 @@ def machine_command(machine: str, kernel: Path, vmlinux: Optional[Path], initrd:
                     python: str, timeout: float) -> Optional[list]:
     """The command line for one machine; None when it cannot run here (reason printed)."""
     if machine.startswith("xvm-"):
+        # xvm boots what its default guest boots: the PVH vmlinux when there is one (as QEMU microvm does).
         engine = machine[len("xvm-"):]
-        return [python, "-m", "xvm", "run", "--engine", engine, "--kernel", str(kernel), "--initrd", str(initrd),
-                "--append", cmdline, "--timeout", str(timeout), "--stats"]
+        return [python, "-m", "xvm", "run", "--engine", engine, "--kernel", str(vmlinux or kernel),
+                "--initrd", str(initrd), "--append", cmdline, "--timeout", str(timeout), "--stats"]
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
         print(f"{machine}: skipped (qemu-system-x86_64 not installed: apt-get install qemu-system-x86)")
