@@ -205,6 +205,16 @@ class InterruptRouter:
     def current_cpu(self) -> int:
         return getattr(self._thread, "cpu", 0)
 
+    def apic_base(self, cpu: int) -> int:
+        """IA32_APIC_BASE of CPU `cpu`, for an engine without an in-kernel irqchip (bt's RDMSR)."""
+        with self.lock:
+            return self.lapics[cpu].apic_base
+
+    def write_apic_base(self, cpu: int, value: int) -> None:
+        """WRMSR IA32_APIC_BASE on CPU `cpu`: its LAPIC model sees the global enable bit."""
+        with self.lock:
+            self.lapics[cpu].write_apic_base(value)
+
     # --- interrupt inputs ----------------------------------------------------------------
     def set_irq(self, irq: int, level: bool) -> None:
         """Drive ISA IRQ / GSI `irq` (the IrqLine path)."""

@@ -121,6 +121,22 @@ class _DeviceAccess:
         self._vcpu._device_exit()
 
 
+class _ApicBaseMsr:
+    """One vCPU's IA32_APIC_BASE backed by the machine's LAPIC model (CpuState.apic_base_msr)."""
+
+    __slots__ = ("_router", "_index")
+
+    def __init__(self, router, index: int) -> None:
+        self._router = router
+        self._index = index
+
+    def read(self) -> int:
+        return self._router.apic_base(self._index)
+
+    def write(self, value: int) -> None:
+        self._router.write_apic_base(self._index, value)
+
+
 def _port_io(handler: IoHandler, vcpu: BtVcpu) -> _DeviceAccess:
     return _DeviceAccess(handler, vcpu, lambda port, size, data: IoIn(port, size, 1, data),
                          lambda port, size, data: IoOut(port, size, 1, data))
@@ -237,6 +253,9 @@ class BtVcpu:
         self.index = index
         self.vm = vm
         self.cpu = CpuState()
+        self.cpu.apic_id = index
+        if hasattr(vm._interrupts, "write_apic_base"):  # the InterruptRouter: LAPICs to tell
+            self.cpu.apic_base_msr = _ApicBaseMsr(vm._interrupts, index)
         self.mmu = Mmu(vm.memory, self.cpu, _mmio(vm._io, self))
         self.io = _port_io(vm._io, self)
         self.counters = BtStats()
@@ -446,15 +465,15 @@ class BtVcpu:
             self._wake.clear()
 
     def _reset(self, sipi_vector: Optional[int] = None) -> None:
-        """INIT: the power-on register state (SDM Vol. 3 Table 10-1), keeping the instruction count.
+        """INIT: the power-on register state (SDM Vol. 3 Table 10-1), keeping the instruction count and APIC.
 
         With a SIPI vector the CPU then starts in real mode at VV00:0000.
         """
         cpu = self.cpu
-        icount = cpu.icount
+        kept = cpu.icount, cpu.apic_id, cpu.apic_base_msr
         for name, value in vars(CpuState()).items():
             setattr(cpu, name, value)
-        cpu.icount = icount
+        cpu.icount, cpu.apic_id, cpu.apic_base_msr = kept
         if sipi_vector is not None:
             cs = cpu.segs[CS]
             cs.selector, cs.base, cpu.rip = sipi_vector << 8, sipi_vector << 12, 0

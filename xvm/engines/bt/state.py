@@ -109,6 +109,11 @@ class CpuState:
         self.dr = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
         #: MSRs other than EFER, by index.
         self.msrs = {}
+        #: Initial APIC ID, reported in CPUID.01H:EBX[31:24]: the vCPU index, set by the engine.
+        self.apic_id = 0
+        #: IA32_APIC_BASE as the local APIC model sees it (`read()`, `write(value)`), set by the engine
+        #: when the machine has LAPICs; without one the MSR is only stored in `msrs`.
+        self.apic_base_msr = None
         #: Current privilege level (CS.RPL outside real/v86 quirks; kept explicitly).
         self.cpl = 0
         #: Instructions retired (drives virtual time).

@@ -16,6 +16,8 @@ from typing import Optional
 import pytest
 
 from xvm.arch.x86.regs import CR0_ET, CR0_PE, Regs, Segment, SpecialRegs
+from xvm.devices.clock import VirtualClock
+from xvm.devices.legacy.interrupts import InterruptRouter
 from xvm.engines.base import Hlt, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, Shutdown
 from xvm.engines.bt.clock import PAUSE_NS
 from xvm.engines.bt.engine import BtEngine, BtVcpu
@@ -498,3 +500,21 @@ def test_an_application_processor_starts_at_its_sipi_vector_and_parks(rig_factor
     assert rig.memory.read_u8(0x500) == 1
     assert ap.cpu.segs[1].selector == CODE >> 4 and ap.cpu.halted
     assert rig.vcpu.cpu.icount == 0                        # the BSP did not run
+
+
+def test_each_vcpu_has_its_apic_id_and_apic_base_reaches_its_lapic():
+    memory = GuestMemory.allocate(RAM)
+    router = InterruptRouter(2, VirtualClock())
+    vm = BtEngine().create_vm(memory, 2)
+    try:
+        vm.connect(FakeIo(), router, lambda irq: None, None, router)
+        bsp, ap = vm.create_vcpu(0), vm.create_vcpu(1)
+        assert (bsp.cpu.apic_id, ap.cpu.apic_id) == (0, 1)
+        assert bsp.cpu.apic_base_msr.read() == 0xFEE00900 and ap.cpu.apic_base_msr.read() == 0xFEE00800
+        ap.cpu.apic_base_msr.write(0xFEE00000)               # WRMSR clearing the global enable
+        assert not router.lapics[1].hw_enabled and router.lapics[0].hw_enabled
+        ap._reset(sipi_vector=0x10)                           # INIT/SIPI keeps the APIC ID and the hook
+        assert ap.cpu.apic_id == 1 and ap.cpu.apic_base_msr.read() == 0xFEE00000
+    finally:
+        vm.close()
+        memory.close()

@@ -7,7 +7,7 @@ from unit.engines.bt.test_exec_harness import CODE, PortLog, SparseMmu, fault_of
 
 from xvm.arch.x86.regs import CR0_PE, CR0_PG, CR0_TS, CR4_PAE, EFER_LMA, EFER_LME, EFER_SCE
 from xvm.engines.bt.faults import GP, NM, UD
-from xvm.engines.bt.ops.system import CPUID_VENDOR, IA32_FMASK, IA32_LSTAR, IA32_STAR
+from xvm.engines.bt.ops.system import CPUID_VENDOR, IA32_APIC_BASE, IA32_FMASK, IA32_LSTAR, IA32_STAR
 from xvm.engines.bt.state import CS, MODE_LONG, SS, SegmentCache
 
 RAX, RCX, RDX, RBX, RSP = 0, 1, 2, 3, 4
@@ -231,3 +231,61 @@ def test_v86_with_iopl3_runs_cli_and_pushf():
     run_code(cpu, mmu, bytes.fromhex("fa9c"))
     assert not cpu.rflags & 0x200 and cpu.regs[RSP] == 0x7FE
     assert mmu.read(0x7FE, 2, False) == cpu.rflags & 0xFFFF
+
+
+def test_cpuid_leaf1_reports_the_apic_id():
+    cpu = make_cpu(64)
+    cpu.apic_id = 3
+    run_code(cpu, SparseMmu(), bytes.fromhex("b8010000000fa2"))  # cpuid 1
+    assert cpu.regs[RBX] >> 24 == 3
+    assert not cpu.regs[RDX] & (1 << 1)  # no VME
+    assert not cpu.regs[RCX] & ((1 << 21) | (1 << 24))  # no x2APIC, no TSC deadline
+
+
+def _rdmsr_apic_base(cpu, mmu) -> int:
+    cpu.rip = CODE
+    cpu.regs[RCX] = IA32_APIC_BASE
+    run_code(cpu, mmu, bytes.fromhex("0f32"))
+    return (cpu.regs[RDX] << 32) | cpu.regs[RAX]
+
+
+def test_apic_base_without_a_lapic_is_stored_and_only_the_bsp_has_the_bsp_flag():
+    mmu = SparseMmu()
+    bsp, ap = make_cpu(64), make_cpu(64)
+    ap.apic_id = 1
+    assert _rdmsr_apic_base(bsp, mmu) == 0xFEE00900
+    assert _rdmsr_apic_base(ap, mmu) == 0xFEE00800
+    ap.rip = CODE
+    ap.regs[RCX], ap.regs[RAX], ap.regs[RDX] = IA32_APIC_BASE, 0xFEE00000, 0
+    run_code(ap, mmu, bytes.fromhex("0f30"))
+    assert _rdmsr_apic_base(ap, mmu) == 0xFEE00000
+
+
+class FakeApicBase:
+    def __init__(self) -> None:
+        self.value = 0xFEE00900
+        self.writes: list = []
+
+    def read(self) -> int:
+        return self.value
+
+    def write(self, value: int) -> None:
+        self.writes.append(value)
+
+
+@pytest.mark.parametrize("reserved", [1 << 10, 1 << 9, 1, 1 << 40])
+def test_apic_base_reaches_the_lapic_and_reserved_bits_fault(reserved):
+    cpu = make_cpu(64)
+    mmu = SparseMmu()
+    cpu.apic_base_msr = lapic = FakeApicBase()
+    lapic.value = 0xFEE00100
+    assert _rdmsr_apic_base(cpu, mmu) == 0xFEE00100
+    cpu.rip = CODE
+    cpu.regs[RCX], cpu.regs[RAX], cpu.regs[RDX] = IA32_APIC_BASE, 0xFEE00100, 0
+    run_code(cpu, mmu, bytes.fromhex("0f30"))
+    assert lapic.writes == [0xFEE00100]
+    cpu.rip = CODE
+    value = 0xFEE00900 | reserved
+    cpu.regs[RAX], cpu.regs[RDX] = value & 0xFFFFFFFF, value >> 32
+    assert fault_of(cpu, mmu, bytes.fromhex("0f30")).vector == GP
+    assert lapic.writes == [0xFEE00100]

@@ -77,7 +77,6 @@ IA32_TSC_AUX = 0xC0000103
 _MTRR_MSRS = tuple(range(0x200, 0x210)) + (0x250, 0x258, 0x259) + tuple(range(0x268, 0x270))
 #: Readable and writable MSRs with no side effect, and their reset values.
 _MSR_DEFAULTS = {
-    IA32_APIC_BASE: 0xFEE00000 | (1 << 11) | (1 << 8),  # enabled, BSP
     IA32_UCODE_REV: 0,
     IA32_MTRRCAP: 0x508,  # 8 variable ranges, fixed ranges, write-combining
     IA32_SYSENTER_CS: 0,
@@ -94,6 +93,11 @@ _MSR_DEFAULTS = {
     IA32_TSC_AUX: 0,
 }
 _MSR_DEFAULTS.update((m, 0) for m in _MTRR_MSRS)
+#: IA32_APIC_BASE (SDM Vol. 3 11.4.4): base 0xFEE00000, global enable, BSP flag; reserved are bits 0-7,
+#: bit 9, bit 10 (x2APIC enable: x2APIC is not advertised) and those above MAXPHYADDR (40).
+_APIC_BASE_RESET = 0xFEE00000 | (1 << 11)
+_APIC_BASE_BSP = 1 << 8
+_APIC_BASE_RESERVED = (MASK[8] & ~((1 << 40) - 1)) | 0x6FF
 #: Key in cpu.msrs under which the TSC offset is kept.
 TSC_OFFSET = IA32_TSC
 
@@ -120,7 +124,7 @@ def _regs4(data: bytes) -> tuple[int, int, int, int]:
 CPUID_LEAVES: dict[int, tuple[int, int, int, int]] = {
     0x0: (0x1, int.from_bytes(CPUID_VENDOR[0:4], "little"), int.from_bytes(CPUID_VENDOR[8:12], "little"),
           int.from_bytes(CPUID_VENDOR[4:8], "little")),
-    # family 6 model 15 stepping 1; EBX: CLFLUSH line 8 qwords, APIC id 0
+    # family 6 model 15 stepping 1; EBX: CLFLUSH line 8 qwords (the APIC ID is added per vCPU)
     0x1: (0x000006F1, 0x00000800, _LEAF1_ECX, _LEAF1_EDX),
     0x80000000: (0x80000008, 0, 0, 0),
     0x80000001: (0, 0, _EXT1_ECX, _EXT1_EDX),
@@ -177,6 +181,8 @@ def cpuid(cpu, mmu, ins, io):
         # Out-of-range leaves return the highest basic leaf's data (SDM Vol. 2 CPUID); zeros otherwise.
         leaf = 0x1 if leaf < 0x80000000 or leaf > 0x80000008 else -1
     a, b, c, d = CPUID_LEAVES.get(leaf, (0, 0, 0, 0))
+    if leaf == 0x1:
+        b |= (cpu.apic_id & 0xFF) << 24  # initial APIC ID: Linux numbers the CPUs by it
     for r, v in ((RAX, a), (RBX, b), (RCX, c), (RDX, d)):
         cpu.regs[r] = v
 
@@ -209,6 +215,11 @@ def rdmsr(cpu, mmu, ins, io):
         value = cpu.segs[4].base
     elif index == IA32_GS_BASE:
         value = cpu.segs[GS].base
+    elif index == IA32_APIC_BASE:
+        if cpu.apic_base_msr is not None:
+            value = cpu.apic_base_msr.read()
+        else:
+            value = cpu.msrs.get(index, _APIC_BASE_RESET | (_APIC_BASE_BSP if cpu.apic_id == 0 else 0))
     elif index in _MSR_DEFAULTS:
         value = cpu.msrs.get(index, _MSR_DEFAULTS[index])
     else:
@@ -246,6 +257,13 @@ def wrmsr(cpu, mmu, ins, io):
         if any(((value >> (8 * i)) & 0xFF) in (2, 3) or (value >> (8 * i)) & 0xF8 for i in range(8)):
             raise gp0()  # reserved memory types (SDM Vol. 3 11.12.2)
         cpu.msrs[index] = value
+    elif index == IA32_APIC_BASE:
+        if value & _APIC_BASE_RESERVED:
+            raise gp0()
+        if cpu.apic_base_msr is not None:
+            cpu.apic_base_msr.write(value)  # the LAPIC model honours the enable bit
+        else:
+            cpu.msrs[index] = value
     elif index in (IA32_MTRRCAP, IA32_UCODE_REV):
         raise gp0()  # read-only
     elif index in _MSR_DEFAULTS:
