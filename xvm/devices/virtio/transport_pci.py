@@ -26,6 +26,10 @@ queue_size for each queue it wants, may write a smaller power of two, writes
 the three ring addresses as 32-bit halves, reads back queue_msix_vector and
 gives up on MSI-X if it reads VIRTIO_MSI_NO_VECTOR, then sets queue_enable.
 
+Kicks arrive either as writes to the notify region (an MMIO exit) or, on kvm,
+through `kick()` from the ioeventfd thread (machine/pci_devices.py QueueKicker);
+`access_lock` serializes both with register accesses.
+
     transport = VirtioPciTransport(rng_device, msi_sink, irq_line, irq=10)
     bus.add(transport)
     transport.config.mapper = mapper        # BARs appear on the MMIO bus once the guest enables them
