@@ -21,54 +21,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
-REPO = Path(__file__).resolve().parent.parent
+from guest_bench import REPO, command, time_run, unavailable
+
 sys.path.insert(0, str(REPO / "tests"))
 
 from guests.build import build_all  # noqa: E402  (needs the path above)
 
 GUEST = "cpu_bound"
 MACHINES = ("xvm-bt", "xvm-bt-pypy", "qemu-tcg", "xvm-kvm", "qemu-kvm")
-#: The guest's exit status when it wrote 0 to the debug-exit port ((0 << 1) | 1).
-GUEST_OK = 1
-
-
-def python_for(machine: str) -> Optional[str]:
-    """The interpreter an xvm machine runs on."""
-    if machine == "xvm-bt-pypy":
-        return shutil.which("pypy3")
-    return sys.executable if machine.startswith("xvm-") else None
-
-
-def command(machine: str, kernel: Path, cmdline: str, timeout: float) -> list:
-    """The command line that boots `kernel` on `machine`."""
-    if machine.startswith("xvm-"):
-        engine = "kvm" if machine == "xvm-kvm" else "bt"
-        return [python_for(machine), "-m", "xvm", "run", "--engine", engine, "--kernel", str(kernel),
-                "--append", cmdline, "--mem", "64M", "--timeout", f"{timeout:g}", "--stats"]
-    accel = machine[len("qemu-"):]
-    return ["qemu-system-x86_64", "-M", "pc", "-accel", accel, "-m", "64", "-kernel", str(kernel),
-            "-append", cmdline, "-display", "none", "-serial", "stdio", "-monitor", "none", "-nodefaults",
-            "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
-
-
-def unavailable(machine: str) -> Optional[str]:
-    """Why `machine` cannot run on this host, or None."""
-    if machine.endswith("-kvm") and not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "/dev/kvm missing or not permitted"
-    if machine.startswith("qemu-") and shutil.which("qemu-system-x86_64") is None:
-        return "qemu-system-x86_64 not installed"
-    if machine.startswith("xvm-") and python_for(machine) is None:
-        return "pypy3 not installed (Debian: apt-get install pypy3)"
-    return None
 
 
 def guest_instructions(stderr: str) -> Optional[int]:
@@ -86,30 +52,15 @@ def guest_instructions(stderr: str) -> Optional[int]:
     return sum(counts) if counts else None
 
 
-def time_run(argv: list, timeout: float) -> tuple:
-    """(wall seconds, bt instruction count or None) of one run; RuntimeError if the guest failed."""
-    start = time.perf_counter()
-    try:
-        result = subprocess.run(argv, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                errors="replace", timeout=timeout + 30)
-    except subprocess.TimeoutExpired as error:
-        raise RuntimeError(f"no exit within {timeout + 30:g} s") from error
-    elapsed = time.perf_counter() - start
-    if result.returncode != GUEST_OK or "FAIL" in result.stdout:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"exit status {result.returncode}: {last}")
-    return elapsed, guest_instructions(result.stderr)
-
-
 def measure(machine: str, kernel: Path, count: int, repeat: int, timeout: float) -> tuple:
     """(work seconds, work instructions or None): median(count=N) - median(count=0)."""
     medians = []
     instructions = []
     for n in (0, count):
-        argv = command(machine, kernel, f"count={n}", timeout)
-        runs = [time_run(argv, timeout) for _ in range(repeat)]
+        argv = command(machine, kernel, f"count={n}", timeout, stats=True)
+        runs = [time_run(argv, timeout, lambda stdout: "FAIL" not in stdout) for _ in range(repeat)]
         medians.append(statistics.median(seconds for seconds, _ in runs))
-        instructions.append(runs[0][1])
+        instructions.append(guest_instructions(runs[0][1]))
     work = instructions[1] - instructions[0] if None not in instructions else None
     return medians[1] - medians[0], work
 

@@ -17,60 +17,19 @@ missing or failing) is reported with the reason and skipped.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
-REPO = Path(__file__).resolve().parent.parent
+from guest_bench import REPO, command, time_run, unavailable
+
 sys.path.insert(0, str(REPO / "tests"))
 
 from guests.build import build_all  # noqa: E402  (needs the path above)
 
 MACHINES = ("xvm-kvm", "xvm-bt", "qemu-kvm", "qemu-tcg")
 DEFAULT_MACHINES = ("xvm-kvm", "qemu-kvm", "qemu-tcg")
-#: The guest's exit status when it wrote 0 to the debug-exit port ((0 << 1) | 1).
-GUEST_OK = 1
-
-
-def command(machine: str, kernel: Path, cmdline: str, timeout: float) -> list[str]:
-    """The command line that boots `kernel` on `machine`."""
-    if machine.startswith("xvm-"):
-        engine = machine[len("xvm-"):]
-        return [sys.executable, "-m", "xvm", "run", "--engine", engine, "--kernel", str(kernel),
-                "--append", cmdline, "--mem", "64M", "--timeout", f"{timeout:g}"]
-    accel = machine[len("qemu-"):]
-    return ["qemu-system-x86_64", "-M", "pc", "-accel", accel, "-m", "64", "-kernel", str(kernel),
-            "-append", cmdline, "-display", "none", "-serial", "stdio", "-monitor", "none", "-nodefaults",
-            "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
-
-
-def unavailable(machine: str) -> Optional[str]:
-    """Why `machine` cannot run on this host, or None."""
-    if machine.endswith("-kvm") and not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "/dev/kvm missing or not permitted"
-    if machine.startswith("qemu-") and shutil.which("qemu-system-x86_64") is None:
-        return "qemu-system-x86_64 not installed"
-    return None
-
-
-def time_run(argv: list[str], timeout: float) -> float:
-    """Wall-clock seconds of one run; raises RuntimeError if the guest did not finish cleanly."""
-    start = time.perf_counter()
-    try:
-        result = subprocess.run(argv, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                errors="replace", timeout=timeout + 30)
-    except subprocess.TimeoutExpired as error:
-        raise RuntimeError(f"no exit within {timeout + 30:g} s") from error
-    elapsed = time.perf_counter() - start
-    if result.returncode != GUEST_OK or "PASS pio_loop.count" not in result.stdout:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"exit status {result.returncode}: {last}")
-    return elapsed
 
 
 def measure(machine: str, kernel: Path, count: int, repeat: int, timeout: float) -> tuple[float, float]:
@@ -78,7 +37,8 @@ def measure(machine: str, kernel: Path, count: int, repeat: int, timeout: float)
     medians = []
     for n in (0, count):
         argv = command(machine, kernel, f"count={n}", timeout)
-        medians.append(statistics.median(time_run(argv, timeout) for _ in range(repeat)))
+        runs = [time_run(argv, timeout, lambda stdout: "PASS pio_loop.count" in stdout) for _ in range(repeat)]
+        medians.append(statistics.median(seconds for seconds, _ in runs))
     return medians[0], medians[1]
 
 
