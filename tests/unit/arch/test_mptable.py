@@ -43,8 +43,9 @@ def test_one_processor_entry_per_cpu(cpus):
     assert [p[1] for p in processors] == list(range(cpus))  # APIC IDs 0..N-1
     assert [p[3] for p in processors] == [3] + [1] * (cpus - 1)  # enabled; CPU 0 is the BSP
     assert all(p[5] & (1 << 9) for p in processors)  # APIC feature flag
-    (bus,) = entries[1]
-    assert bus[2:8] == b"ISA   "
+    pci, isa = entries[1]
+    assert (pci[1], pci[2:8]) == (0, b"PCI   ")  # Linux matches PCI bus 0 against MP bus 0
+    assert (isa[1], isa[2:8]) == (1, b"ISA   ")
     (ioapic,) = entries[2]
     assert struct.unpack("<BBBBI", ioapic) == (2, cpus, 0x11, 1, layout.IOAPIC_START)
 
@@ -52,11 +53,14 @@ def test_one_processor_entry_per_cpu(cpus):
 def test_interrupt_wiring():
     entries = _parse(build_mptable(2))
     intsrc = [struct.unpack("<BBHBBBB", e) for e in entries[3]]
-    assert [(e[4], e[6]) for e in intsrc][:16] == [
-        (irq, layout.PIT_IOAPIC_PIN if irq == 0 else irq) for irq in range(16)
-    ]
-    assert all(e[1] == 0 and e[3] == 0 and e[5] == 2 for e in intsrc)  # INT, ISA bus, IOAPIC id = cpus
-    assert len(intsrc) == layout.IOAPIC_PINS
+    isa = [(e[4], e[6]) for e in intsrc if e[3] == 1]
+    # ISA IRQs 1:1 (the PIT where the engine routes it), except the pins PCI INTx owns.
+    assert isa == [(irq, layout.PIT_IOAPIC_PIN if irq == 0 else irq)
+                   for irq in range(layout.IOAPIC_PINS) if irq not in layout.PCI_INTX_IRQS]
+    pci = [(e[4], e[6]) for e in intsrc if e[3] == 0]
+    # INTA# of slot n (srcbusirq = n << 2) goes to the IRQ machine/pci_devices.py gives slot n.
+    assert pci == [(slot << 2, layout.PCI_INTX_IRQS[(slot - 1) % len(layout.PCI_INTX_IRQS)]) for slot in range(1, 32)]
+    assert all(e[1] == 0 and e[5] == 2 for e in intsrc)  # INT entries, IOAPIC id = cpus
     lint = [struct.unpack("<BBHBBBB", e) for e in entries[4]]
     assert [(e[1], e[5], e[6]) for e in lint] == [(3, 0, 0), (1, 0xFF, 1)]  # ExtINT on the BSP's LINT0, NMI on LINT1
 

@@ -49,7 +49,12 @@ MP_EXTINT = 3
 #: irqflag 0: polarity and trigger "conform to the bus" (ISA: active high, edge).
 MP_IRQPOL_DEFAULT = 0
 
-BUS_ID_ISA = 0
+#: Linux matches an interrupt entry's source bus against the PCI bus number (io_apic.c
+#: IO_APIC_get_PCI_irq_vector), so PCI bus 0 is MP bus 0 and ISA comes after (as in kvmtool).
+BUS_ID_PCI = 0
+BUS_ID_ISA = 1
+#: PCI slots whose INTA# the table routes (slot 0 is the host bridge).
+PCI_SLOTS = range(1, 32)
 #: destapic 0xFF in a local interrupt entry: every local APIC.
 MP_APIC_ALL = 0xFF
 
@@ -83,9 +88,9 @@ def mptable_size(cpus: int) -> int:
     """Bytes of floating pointer + configuration table for `cpus` CPUs."""
     entries = (
         cpus * _MPC_CPU.size
-        + _MPC_BUS.size
+        + 2 * _MPC_BUS.size
         + _MPC_IOAPIC.size
-        + (layout.IOAPIC_PINS + 2) * _MPC_INTSRC.size
+        + (layout.IOAPIC_PINS - len(layout.PCI_INTX_IRQS) + len(PCI_SLOTS) + 2) * _MPC_INTSRC.size
     )
     return _MPF.size + _MPC_HEADER.size + entries
 
@@ -107,13 +112,22 @@ def build_mptable(cpus: int, base: int = layout.MPTABLE_START) -> bytes:
                 MP_PROCESSOR, cpu, APIC_VERSION, flags, CPU_SIGNATURE, CPU_FEATURE_APIC | CPU_FEATURE_FPU
             )
         )
+    entries.append(_MPC_BUS.pack(MP_BUS, BUS_ID_PCI, b"PCI   "))
     entries.append(_MPC_BUS.pack(MP_BUS, BUS_ID_ISA, b"ISA   "))
     entries.append(_MPC_IOAPIC.pack(MP_IOAPIC, ioapic_id, IOAPIC_VERSION, MPC_APIC_USABLE, layout.IOAPIC_START))
     # Every IOAPIC pin as an ISA IRQ, like Firecracker: ISA IRQs 0-15 plus the pins virtio-mmio
     # devices may be given above 15. IRQ 0 (the PIT) goes where layout says the engine routes it.
+    # The pins carrying PCI INTx are PCI's alone (level, active low: "conforms to the bus").
     for irq in range(layout.IOAPIC_PINS):
+        if irq in layout.PCI_INTX_IRQS:
+            continue
         pin = layout.PIT_IOAPIC_PIN if irq == layout.IRQ_PIT else irq
         entries.append(_MPC_INTSRC.pack(MP_INTSRC, MP_INT, MP_IRQPOL_DEFAULT, BUS_ID_ISA, irq, ioapic_id, pin))
+    # PCI INTA# of slot n -> PCI_INTX_IRQS[(n - 1) % len] (machine/pci_devices.py wires the same;
+    # srcbusirq = slot << 2 | pin - 1, MP spec 4.3.4).
+    for slot in PCI_SLOTS:
+        irq = layout.PCI_INTX_IRQS[(slot - 1) % len(layout.PCI_INTX_IRQS)]
+        entries.append(_MPC_INTSRC.pack(MP_INTSRC, MP_INT, MP_IRQPOL_DEFAULT, BUS_ID_PCI, slot << 2, ioapic_id, irq))
     # Virtual-wire mode (MP spec 3.6.2.2): the 8259 reaches the BSP's LINT0 as ExtINT (as in SeaBIOS and
     # Firecracker; Linux masks LINT0 on the APs anyway); NMI goes to LINT1 of every local APIC.
     entries.append(_MPC_INTSRC.pack(MP_LINTSRC, MP_EXTINT, MP_IRQPOL_DEFAULT, BUS_ID_ISA, 0, 0, 0))
