@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 from xvm.arch.x86 import layout
 from xvm.arch.x86.acpi import write_acpi_tables
@@ -155,6 +155,40 @@ def _linux_cmdline(boot: BootConfig, name: str, kernel_limit: int) -> bytes:
     return cmdline
 
 
+class _LinuxBootData(NamedTuple):
+    """Where `_place_linux_boot_data` put things, as both Linux entries pass them on."""
+
+    initrd_range: Optional[tuple]  # (start, end) of the initrd, or None
+    rsdp: int
+
+    @property
+    def initrd(self) -> Optional[tuple]:
+        """(address, size) of the initrd, as the zero page and the PVH start_info take it."""
+        if self.initrd_range is None:
+            return None
+        start, end = self.initrd_range
+        return start, end - start
+
+
+def _place_linux_boot_data(
+    memory: GuestMemory,
+    boot: BootConfig,
+    cmdline: bytes,
+    initrd: Optional[bytes],
+    kernel_end: int,
+    initrd_addr_max: int,
+    cpus: int,
+) -> _LinuxBootData:
+    """The initrd above the kernel, the MP and ACPI tables and the command line: what every Linux entry needs."""
+    initrd_range = None
+    if initrd is not None:
+        addr = place_initrd(memory, initrd, str(boot.initrd), kernel_end, initrd_addr_max)
+        initrd_range = (addr, addr + len(initrd))
+    rsdp = _write_firmware_tables(memory, cpus)
+    memory.write(layout.CMDLINE_START, cmdline + b"\0")
+    return _LinuxBootData(initrd_range, rsdp)
+
+
 def _load_bzimage(
     memory: GuestMemory,
     data: bytes,
@@ -167,18 +201,13 @@ def _load_bzimage(
     image = parse_bzimage(data, name)
     cmdline = _linux_cmdline(boot, name, image.cmdline_size)
     kernel = load_bzimage(memory, image)
-    initrd_range = None
-    if initrd is not None:
-        addr = place_initrd(memory, initrd, str(boot.initrd), kernel.end, image.initrd_addr_max)
-        initrd_range = (addr, addr + len(initrd))
-    rsdp = _write_firmware_tables(memory, cpus)
-    memory.write(layout.CMDLINE_START, cmdline + b"\0")
+    placed = _place_linux_boot_data(memory, boot, cmdline, initrd, kernel.end, image.initrd_addr_max, cpus)
     zero_page = build_zero_page(
         image.setup_header,
         cmdline_addr=layout.CMDLINE_START,
         e820=e820,
-        initrd=None if initrd_range is None else (initrd_range[0], len(initrd)),
-        rsdp_addr=rsdp,
+        initrd=placed.initrd,
+        rsdp_addr=placed.rsdp,
     )
     memory.write(layout.ZERO_PAGE_START, zero_page)
     setup_long_mode(memory)
@@ -188,7 +217,7 @@ def _load_bzimage(
         regs=regs,
         sregs=sregs,
         kernel_range=(kernel.load_addr, kernel.end),
-        initrd_range=initrd_range,
+        initrd_range=placed.initrd_range,
         description=f"Linux bzImage, boot protocol {image.version_text}, 64-bit entry",
     )
 
@@ -206,17 +235,12 @@ def _load_pvh(
     name = str(boot.kernel)
     cmdline = _linux_cmdline(boot, name, LINUX_COMMAND_LINE_SIZE - 1)
     kernel = load_pvh_kernel(memory, elf, data, entry, name)
-    initrd_range = None
-    if initrd is not None:
-        addr = place_initrd(memory, initrd, str(boot.initrd), kernel.end, LINUX_INITRD_ADDR_MAX)
-        initrd_range = (addr, addr + len(initrd))
-    rsdp = _write_firmware_tables(memory, cpus)
-    memory.write(layout.CMDLINE_START, cmdline + b"\0")
+    placed = _place_linux_boot_data(memory, boot, cmdline, initrd, kernel.end, LINUX_INITRD_ADDR_MAX, cpus)
     start_info = build_start_info(
         layout.PVH_INFO_START,
         cmdline_addr=layout.CMDLINE_START,
-        initrd=None if initrd_range is None else (initrd_range[0], len(initrd)),
-        rsdp_addr=rsdp,
+        initrd=placed.initrd,
+        rsdp_addr=placed.rsdp,
         e820=e820,
     )
     memory.write(layout.PVH_INFO_START, start_info)
@@ -227,7 +251,7 @@ def _load_pvh(
         regs=regs,
         sregs=sregs,
         kernel_range=(kernel.start, kernel.end),
-        initrd_range=initrd_range,
+        initrd_range=placed.initrd_range,
         description=f"Linux vmlinux, PVH entry at {kernel.entry:#x}",
     )
 
