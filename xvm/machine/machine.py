@@ -21,6 +21,7 @@ from typing import Optional
 
 from xvm.arch.x86.regs import format_register_dump
 from xvm.config import MachineConfig
+from xvm.devices.virtio.console import VirtioConsole
 from xvm.engines.base import (
     FailEntry,
     Hlt,
@@ -183,8 +184,15 @@ class Machine:
         return self.parts.engine_name if self.parts else self.config.engine
 
     def deliver_console_input(self, data: bytes) -> int:
-        """Type `data` into the guest's serial console; returns how many bytes were taken."""
+        """Type `data` into the guest's console; returns how many bytes were taken.
+
+        With --virtio-console the keyboard goes to hvc0 (boot with console=hvc0),
+        otherwise to the serial port.
+        """
         assert self.parts is not None
+        for device in self.parts.virtio:
+            if isinstance(device, VirtioConsole):
+                return device.receive(data)
         return self.parts.uart.receive(data)
 
     def stats(self) -> dict:
