@@ -155,12 +155,7 @@ def load_segment(cpu: CpuState, mmu: Mmu, sreg: int, selector: int) -> None:
             raise general_protection(0)
         if rpl != cpl:
             raise general_protection(code)
-        low, _, addr = read_descriptor(cpu, mmu, selector)
-        access = (low >> 40) & 0xFF
-        if access & (ACC_S | ACC_CODE | ACC_RW) != ACC_S | ACC_RW or (access >> 5) & 3 != cpl:
-            raise general_protection(code)
-        if not access & ACC_P:
-            raise stack_fault(code)
+        low, addr, access = _read_stack_descriptor(cpu, mmu, selector, cpl)
     else:
         if not code:
             cpu.segs[sreg] = null_segment(selector)
@@ -179,6 +174,23 @@ def load_segment(cpu: CpuState, mmu: Mmu, sreg: int, selector: int) -> None:
     cpu.segs[sreg] = descriptor_cache(selector, low | ACC_ACCESSED << 40)
     if sreg == SS:
         cpu.refresh_mode()
+
+
+def _read_stack_descriptor(cpu: CpuState, mmu: Mmu, selector: int, dpl: int, fault=general_protection,
+                           ext: int = 0) -> tuple:
+    """(low, address, access) of a stack segment's descriptor: a present writable data segment of DPL `dpl`.
+
+    Otherwise `fault` (#GP for MOV/POP SS and returns, #TS for an SS from the TSS), or #SS when not
+    present (SDM Vol. 2 MOV, RET; Vol. 3 6.12.1.1).
+    """
+    code = (selector & 0xFFFC) | ext
+    low, _, addr = read_descriptor(cpu, mmu, selector, ext=ext, fault=fault)
+    access = (low >> 40) & 0xFF
+    if access & (ACC_S | ACC_CODE | ACC_RW) != ACC_S | ACC_RW or (access >> 5) & 3 != dpl:
+        raise fault(code)
+    if not access & ACC_P:
+        raise stack_fault(code)
+    return low, addr, access
 
 
 def load_ldtr(cpu: CpuState, mmu: Mmu, selector: int) -> None:
@@ -375,6 +387,14 @@ def _gate_target(cpu: CpuState, mmu: Mmu, selector: int, low: int, addr: int, ac
     return gate, tlow, taddr
 
 
+def _check_direct_target(cpu: CpuState, low: int, access: int, selector: int, cpl: int, offset: int) -> None:
+    """JMP/CALL straight to a code segment: a nonconforming one also needs RPL <= CPL (SDM Vol. 2 JMP, CALL)."""
+    _check_code_target(cpu, low, selector, cpl)
+    if not access & ACC_DC and selector & 3 > cpl:
+        raise general_protection(selector & 0xFFFC)
+    _check_offset(cpu, descriptor_cache(selector, low), offset)
+
+
 def far_jump(cpu: CpuState, mmu: Mmu, selector: int, offset: int, opsize: int) -> None:
     """JMP ptr16:xx / JMP m16:xx, directly or through a call gate (SDM Vol. 2 JMP)."""
     offset &= _OFFSET_MASK[opsize]
@@ -384,10 +404,7 @@ def far_jump(cpu: CpuState, mmu: Mmu, selector: int, offset: int, opsize: int) -
     cpl = cpu.cpl
     low, addr, access = _resolve_far(cpu, mmu, selector)
     if access & ACC_S:
-        _check_code_target(cpu, low, selector, cpl)
-        if not access & ACC_DC and selector & 3 > cpl:
-            raise general_protection(selector & 0xFFFC)
-        _check_offset(cpu, descriptor_cache(selector, low), offset)
+        _check_direct_target(cpu, low, access, selector, cpl, offset)
         _commit_cs(cpu, mmu, low, addr, selector, cpl, offset)
         return
     if _is_task(cpu, access):
@@ -432,12 +449,7 @@ def load_inner_ss(cpu: CpuState, mmu: Mmu, ss_sel: int, dpl: int, ext: int = 0) 
         raise invalid_tss(ext)
     if ss_sel & 3 != dpl:
         raise invalid_tss(code)
-    low, _, addr = read_descriptor(cpu, mmu, ss_sel, ext=ext, fault=invalid_tss)
-    access = (low >> 40) & 0xFF
-    if access & (ACC_S | ACC_CODE | ACC_RW) != ACC_S | ACC_RW or (access >> 5) & 3 != dpl:
-        raise invalid_tss(code)
-    if not access & ACC_P:
-        raise stack_fault(code)
+    low, addr, access = _read_stack_descriptor(cpu, mmu, ss_sel, dpl, invalid_tss, ext)
     _set_accessed(mmu, addr, access)
     return descriptor_cache(ss_sel, low | ACC_ACCESSED << 40)
 
@@ -461,10 +473,7 @@ def far_call(cpu: CpuState, mmu: Mmu, selector: int, offset: int, opsize: int, r
     cpl = cpu.cpl
     low, addr, access = _resolve_far(cpu, mmu, selector)
     if access & ACC_S:
-        _check_code_target(cpu, low, selector, cpl)
-        if not access & ACC_DC and selector & 3 > cpl:
-            raise general_protection(selector & 0xFFFC)
-        _check_offset(cpu, descriptor_cache(selector, low), offset)
+        _check_direct_target(cpu, low, access, selector, cpl, offset)
         _push_same_level(cpu, mmu, (cs_sel, return_rip), opsize)
         _commit_cs(cpu, mmu, low, addr, selector, cpl, offset)
         return
@@ -533,12 +542,7 @@ def _check_return_ss(cpu: CpuState, mmu: Mmu, selector: int, rpl: int, to_64bit:
         raise general_protection(0)
     if selector & 3 != rpl:
         raise general_protection(code)
-    low, _, addr = read_descriptor(cpu, mmu, selector)
-    access = (low >> 40) & 0xFF
-    if access & (ACC_S | ACC_CODE | ACC_RW) != ACC_S | ACC_RW or (access >> 5) & 3 != rpl:
-        raise general_protection(code)
-    if not access & ACC_P:
-        raise stack_fault(code)
+    low, addr, access = _read_stack_descriptor(cpu, mmu, selector, rpl)
     _set_accessed(mmu, addr, access)
     return descriptor_cache(selector, low | ACC_ACCESSED << 40)
 
