@@ -161,6 +161,7 @@ GUESTS: dict[str, Guest] = {
         _guest("smp", "bsp_apic_id ap_checked_in ap_apic_id ap_protected_mode_cs ap_started_in_real_mode", cpus=2),
         # A short run for the test suite; bench/pio_exits.py passes a larger count.
         _guest("pio_loop", "count", cmdline="count=1000"),
+        _guest("cpu_bound", "integer copy sieve", cmdline="count=2"),
     )
 }
 
