@@ -223,6 +223,8 @@ class Mmu:
             wu.pop(vpn, None)
 
     # --- hit paths ------------------------------------------------------------
+    # read/write/fetch_bytes/read_bytes repeat the TLB probe inline on purpose: a shared helper would
+    # add a call to every guest memory access and instruction fetch (STYLE.md 13).
     def read(self, linear: int, size: int, user: bool) -> int:
         """Read `size` bytes (little-endian) at a linear address."""
         entry = (self._tlb_ru if user else self._tlb_rs).get(linear >> 12)

@@ -13,6 +13,7 @@ unmasked result, the way the SDM's definitions read (Vol. 1 Appendix A).
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from xvm.engines.bt.faults import GP, SS_FAULT, UD, GuestFault
@@ -262,6 +263,18 @@ CONDITIONS = (
 def condition(f: int, cc: int) -> bool:
     """Condition code cc on the flags value f."""
     return CONDITIONS[cc](f)
+
+
+def round_rc(x: float, rc: int) -> int:
+    """Round to an integer as the rounding-control field says; FCW.RC and MXCSR.RC share the encoding
+    (SDM Vol. 1 4.8.4): 0 nearest-even, 1 down, 2 up, 3 toward zero."""
+    if rc == 0:
+        return round(x)
+    if rc == 1:
+        return math.floor(x)
+    if rc == 2:
+        return math.ceil(x)
+    return math.trunc(x)
 
 
 def iopl(cpu) -> int:

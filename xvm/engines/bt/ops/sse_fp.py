@@ -21,7 +21,7 @@ from fractions import Fraction
 
 from xvm.arch.x86.regs import CR4_OSXMMEXCPT
 from xvm.engines.bt.faults import UD, XM, GuestFault
-from xvm.engines.bt.ops.common import CF, OSZAPC, PF, ZF, handles, read_E, set_reg
+from xvm.engines.bt.ops.common import CF, OSZAPC, PF, ZF, handles, read_E, round_rc, set_reg
 from xvm.engines.bt.ops.sse import read_W, sse_check
 
 _D = struct.Struct("<d")
@@ -196,17 +196,6 @@ def cvtsi2sd(cpu, mmu, ins, io):
     cpu.xmm[ins.reg] = (cpu.xmm[ins.reg] & ~mask) | bits
 
 
-def _round(x: float, mode: int) -> int:
-    """MXCSR.RC: 0 nearest-even, 1 down, 2 up, 3 toward zero."""
-    if mode == 0:
-        return round(x)
-    if mode == 1:
-        return math.floor(x)
-    if mode == 2:
-        return math.ceil(x)
-    return math.trunc(x)
-
-
 @handles("cvttsd2si_Gy_Wq", "cvtsd2si_Gy_Wq", "cvttss2si_Gy_Wd", "cvtss2si_Gy_Wd")
 def cvtsd2si(cpu, mmu, ins, io):
     sse_check(cpu)
@@ -220,7 +209,7 @@ def cvtsd2si(cpu, mmu, ins, io):
     if math.isnan(x) or math.isinf(x):
         result, flags = indefinite, IE
     else:
-        n = _round(x, 3 if name.startswith("cvtt") else (cpu.mxcsr >> 13) & 3)
+        n = round_rc(x, 3 if name.startswith("cvtt") else (cpu.mxcsr >> 13) & 3)
         if -indefinite <= n < indefinite:
             result = n
             flags |= PE if n != x else 0

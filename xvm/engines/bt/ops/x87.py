@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import struct
 
-from xvm.engines.bt.ops.common import CF, OSZAPC, PF, ZF, handles, mem_linear, read_E, set_reg, write_E
+from xvm.engines.bt.ops.common import CF, OSZAPC, PF, ZF, handles, mem_linear, read_E, round_rc, set_reg, write_E
 from xvm.engines.bt.ops.system import fpu_check
 
 # FSW bits (SDM Vol. 1 8.1.3).
@@ -161,17 +161,6 @@ def _load_int(cpu, mmu, ins, size: int) -> int:
     return v - (1 << (8 * size)) if v >> (8 * size - 1) else v
 
 
-def _round(x: float, rc: int) -> int:
-    """FCW.RC: 0 nearest-even, 1 down, 2 up, 3 toward zero."""
-    if rc == 0:
-        return round(x)
-    if rc == 1:
-        return math.floor(x)
-    if rc == 2:
-        return math.ceil(x)
-    return math.trunc(x)
-
-
 _SIZE = {"Md": 4, "Mq": 8, "Mt": 10, "Mw": 2}
 
 
@@ -261,7 +250,7 @@ def fist(cpu, mmu, ins, io):
     limit = 1 << (8 * size - 1)
     n = None
     if not (math.isnan(x) or math.isinf(x)):
-        n = _round(x, 3 if ins.op.mnemonic == "fisttp" else (st.fcw >> 10) & 3)
+        n = round_rc(x, 3 if ins.op.mnemonic == "fisttp" else (st.fcw >> 10) & 3)
     if n is None or not -limit <= n < limit:
         st.fsw |= FSW_IE
         n = limit
@@ -422,7 +411,7 @@ def funary(cpu, mmu, ins, io):
         else:
             r = math.sqrt(x)
     else:
-        r = x if math.isnan(x) or math.isinf(x) else math.copysign(float(_round(x, (st.fcw >> 10) & 3)), x)
+        r = x if math.isnan(x) or math.isinf(x) else math.copysign(float(round_rc(x, (st.fcw >> 10) & 3)), x)
     put(st, 0, r)
 
 
