@@ -1,12 +1,14 @@
 """Guest MIPS of the bt engine on a CPU-bound guest, against QEMU TCG and KVM.
 
-The guest (tests/guests/, GUEST below) does N rounds of integer arithmetic, a
-memory copy and a small sieve, then writes to the debug-exit port. Every
+The guest (tests/guests/cpu_bound.asm) does N rounds of integer arithmetic,
+a memory copy and a small sieve, then writes to the debug-exit port. Every
 machine boots it with count=0 and with count=N; the difference of the
 median wall times is the time of the work alone (boot and teardown cancel
 out). The work's instruction count comes from bt itself (`--stats`,
-guest_instructions at N minus at 0) and is the same on every machine, since
-they all run the same code; MIPS = instructions / seconds.
+guest_instructions at N minus at 0). Every round runs the same code, so
+each machine is credited with bt's instructions per round times its own N:
+the machines differ ~1000x in speed, and one N cannot be both long enough
+to time QEMU and short enough for bt on CPython. MIPS = instructions / seconds.
 
     python bench/bt_mips.py                                  # every machine that runs here
     python bench/bt_mips.py --machines xvm-bt-pypy,qemu-tcg --count 200
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -35,6 +38,9 @@ from guests.build import build_all  # noqa: E402  (needs the path above)
 
 GUEST = "cpu_bound"
 MACHINES = ("xvm-bt", "xvm-bt-pypy", "qemu-tcg", "xvm-kvm", "qemu-kvm")
+#: Rounds per machine (~140k guest instructions each): some seconds of work on each.
+#: xvm-kvm is slow on a PVM host, where KVM emulates guest ring-0 code instruction by instruction.
+COUNTS = {"xvm-bt": 20, "xvm-bt-pypy": 300, "qemu-tcg": 10000, "xvm-kvm": 40, "qemu-kvm": 10000}
 
 
 def guest_instructions(stderr: str) -> Optional[int]:
@@ -67,10 +73,11 @@ def measure(machine: str, kernel: Path, count: int, repeat: int, timeout: float)
 
 def profile(kernel: Path, count: int, timeout: float) -> None:
     """cProfile of one bt run on CPython: the top functions by own time."""
+    env = dict(os.environ, XVM_NO_PYPY="1")  # profile this interpreter, not a pypy3 re-exec
     argv = [sys.executable, "-m", "cProfile", "-s", "tottime", "-m", "xvm", "run", "--engine", "bt",
             "--kernel", str(kernel), "--append", f"count={count}", "--mem", "64M", "--timeout", f"{timeout:g}"]
     result = subprocess.run(argv, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            errors="replace", timeout=timeout + 60)
+                            errors="replace", timeout=timeout + 60, env=env)
     lines = result.stdout.splitlines()
     for index, line in enumerate(lines):
         if line.strip().startswith("ncalls"):
@@ -81,7 +88,8 @@ def profile(kernel: Path, count: int, timeout: float) -> None:
 
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=50, help="rounds of work per run (default 50)")
+    parser.add_argument("--count", type=int, help="rounds of work per run on every machine "
+                        f"(default per machine: {', '.join(f'{m} {n}' for m, n in COUNTS.items())})")
     parser.add_argument("--repeat", type=int, default=3, help="runs per point; the median counts (default 3)")
     parser.add_argument("--machines", default=",".join(MACHINES),
                         help=f"comma-separated, from {', '.join(MACHINES)} (default: all)")
@@ -92,34 +100,38 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
     machines = [name.strip() for name in args.machines.split(",") if name.strip()]
     bad = [name for name in machines if name not in MACHINES]
-    if bad or args.count < 1 or args.repeat < 1:
+    if bad or (args.count is not None and args.count < 1) or args.repeat < 1:
         parser.error(f"unknown machine(s) {', '.join(bad)}" if bad else "--count and --repeat must be positive")
 
     kernel = build_all([args.guest])[args.guest]
-    print(f"{args.guest} guest, count={args.count}, median of {args.repeat} runs\n")
-    print(f"{'machine':<12} {'work (s)':>10} {'instructions':>14} {'MIPS':>10}")
-    work_instructions: Optional[int] = None
+    # xvm-bt stays on this interpreter (`xvm run --engine bt` re-executes under pypy3 otherwise).
+    os.environ["XVM_NO_PYPY"] = "1"
+    print(f"{args.guest} guest, median of {args.repeat} runs per point\n")
+    print(f"{'machine':<12} {'rounds':>7} {'work (s)':>10} {'instructions':>14} {'MIPS':>10}")
+    per_round: Optional[float] = None
     results: dict = {}
     # bt machines first: they count the instructions the others are credited with.
     for machine in sorted(machines, key=lambda name: not name.startswith("xvm-bt")):
+        count = args.count or COUNTS[machine]
         reason = unavailable(machine)
         if reason is None:
             try:
-                seconds, counted = measure(machine, kernel, args.count, args.repeat, args.timeout)
+                seconds, counted = measure(machine, kernel, count, args.repeat, args.timeout)
             except RuntimeError as error:
                 reason = str(error)
         if reason is not None:
             print(f"{machine:<12} skipped: {reason}")
             continue
         if counted is not None:
-            work_instructions = counted
-        if work_instructions is None or seconds <= 0:
+            per_round = counted / count
+        if per_round is None or seconds <= 0:
             why = "run a bt machine to count instructions" if seconds > 0 else "too short to time: raise --count"
-            print(f"{machine:<12} {seconds:10.3f} {'?':>14} {'?':>10}  ({why})")
+            print(f"{machine:<12} {count:7d} {seconds:10.3f} {'?':>14} {'?':>10}  ({why})")
             continue
+        work_instructions = round(per_round * count)
         mips = work_instructions / seconds / 1e6
         results[machine] = mips
-        print(f"{machine:<12} {seconds:10.3f} {work_instructions:14d} {mips:10.2f}")
+        print(f"{machine:<12} {count:7d} {seconds:10.3f} {work_instructions:14d} {mips:10.2f}")
     if "qemu-tcg" in results:
         print()
         for machine, mips in results.items():
@@ -128,7 +140,7 @@ def main(argv: Optional[list] = None) -> int:
                       f"(qemu-tcg is {results['qemu-tcg'] / mips:.0f}x faster)")
     if args.profile:
         print("\nxvm-bt on CPython, cProfile by own time:")
-        profile(kernel, max(1, args.count // 10), args.timeout)
+        profile(kernel, max(1, (args.count or COUNTS["xvm-bt"]) // 4), args.timeout)
     return 0
 
 
