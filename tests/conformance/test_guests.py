@@ -154,6 +154,9 @@ class GuestConformance:
     def test_pio_loop(self, guest_runs) -> None:
         self.run_guest("pio_loop", guest_runs)
 
+    def test_cpu_bound(self, guest_runs) -> None:
+        self.run_guest("cpu_bound", guest_runs)
+
     def test_every_guest_has_a_test(self) -> None:
         assert sorted(GUESTS) == sorted(name[len("test_"):] for name in dir(self)
                                         if name.startswith("test_") and name != "test_every_guest_has_a_test")
