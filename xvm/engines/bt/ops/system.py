@@ -15,6 +15,7 @@ loop (`advance_tsc`, for idle time skipped by HLT) adjust.
 
 from __future__ import annotations
 
+from xvm.arch.x86.cpuid import EBX_APIC_ID_SHIFT
 from xvm.arch.x86.regs import (
     CR0_CD,
     CR0_EM,
@@ -182,7 +183,7 @@ def cpuid(cpu, mmu, ins, io):
         leaf = 0x1 if leaf < 0x80000000 or leaf > 0x80000008 else -1
     a, b, c, d = CPUID_LEAVES.get(leaf, (0, 0, 0, 0))
     if leaf == 0x1:
-        b |= (cpu.apic_id & 0xFF) << 24  # initial APIC ID: Linux numbers the CPUs by it
+        b |= (cpu.apic_id & 0xFF) << EBX_APIC_ID_SHIFT  # initial APIC ID: Linux numbers the CPUs by it
     for r, v in ((RAX, a), (RBX, b), (RCX, c), (RDX, d)):
         cpu.regs[r] = v
 
