@@ -261,6 +261,17 @@ class kvm_fpu(_Struct):
     ]
 
 
+class kvm_xsave(_Struct):
+    """The guest's XSAVE area in the standard (non-compacted) format; the first 512 bytes are FXSAVE's."""
+
+    _fields_ = [("region", c_uint32 * 1024)]
+
+
+#: Offset of XSTATE_BV in the XSAVE header, and its x87 and SSE bits (SDM Vol. 1 13.4.2).
+XSAVE_XSTATE_BV_OFFSET = 512
+XFEATURE_MASK_FPSSE = 0x3
+
+
 class kvm_msr_entry(_Struct):
     _fields_ = [("index", c_uint32), ("reserved", c_uint32), ("data", c_uint64)]
 
@@ -503,6 +514,7 @@ _SIZES = {
     kvm_segment: 24,
     kvm_dtable: 16,
     kvm_fpu: 416,
+    kvm_xsave: 4096,
     kvm_msrs: 8,
     kvm_msr_entry: 16,
     kvm_msr_list: 4,

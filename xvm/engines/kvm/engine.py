@@ -11,9 +11,11 @@ PIT, TSS and identity-map pages just below 4 GiB, one memory slot per RAM
 region, and per-vCPU CPUID, boot MSRs, FPU control words and LAPIC LINT pins.
 
 On a PVM backend (kvm_pvm, no VT-x/AMD-V) KVM's instruction emulator fails on
-a few instructions a guest kernel executes; run() steps over the ones a VMM can
-(INT3, FWAIT, a same-segment 32-bit IRET) when KVM reports the emulation failure, and only then, so real
-VT-x/AMD-V hosts take the standard path. CPUID masks what PVM cannot deliver.
+some instructions a guest executes (IRET to ring 3 or v86 mode, INT3, FWAIT,
+x87/SSE arithmetic); when KVM reports such an emulation failure, and only
+then, run() executes that one instruction in the bt engine's interpreter
+(fallback.py), so real VT-x/AMD-V hosts take the standard path. CPUID masks
+what PVM cannot deliver.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from xvm.arch.x86 import cpuid as cpuid_table
 from xvm.arch.x86 import layout, msr
 from xvm.arch.x86.regs import (
     CR0_PE,
-    GPR_NAMES,
     RFLAGS_AC,
     RFLAGS_AF,
     RFLAGS_CF,
@@ -48,14 +49,21 @@ from xvm.arch.x86.regs import (
     RFLAGS_VIP,
     RFLAGS_VM,
     RFLAGS_ZF,
-    DescriptorTable,
     Regs,
-    Segment,
     SpecialRegs,
 )
 from xvm.bus.irq import MsiMessage
-from xvm.engines.base import InternalError, Interrupted, VcpuExit, exit_name
+from xvm.engines.base import InternalError, Interrupted, Shutdown, VcpuExit, exit_name
 from xvm.engines.kvm import abi, host, ioctls
+from xvm.engines.kvm.convert import (  # noqa: F401 - segment_*: part of this module's interface
+    regs_from_kvm,
+    regs_to_kvm,
+    segment_from_kvm,
+    segment_to_kvm,
+    sregs_from_kvm,
+    sregs_to_kvm,
+)
+from xvm.engines.kvm.fallback import FallbackRefused, FallbackStep
 from xvm.engines.kvm.system import Kvm
 from xvm.engines.kvm.vcpu import VcpuFd
 from xvm.engines.kvm.vm import VmFd
@@ -78,16 +86,12 @@ _APIC_DELIVERY_MODE_MASK = 0x700
 FPU_FCW = 0x37F
 FPU_MXCSR = 0x1F80
 
-# Instructions PVM's emulator cannot run and run() steps over.
-OPCODE_INT3 = 0xCC
-OPCODE_FWAIT = 0x9B
 OPCODE_IRET = 0xCF
 #: RFLAGS bits a 32-bit IRET loads from the stack at CPL 0 (SDM Vol. 2A, IRET operation).
 _IRET_FLAGS = (
     RFLAGS_CF | RFLAGS_PF | RFLAGS_AF | RFLAGS_ZF | RFLAGS_SF | RFLAGS_TF | RFLAGS_IF | RFLAGS_DF | RFLAGS_OF
     | RFLAGS_IOPL | RFLAGS_NT | RFLAGS_RF | RFLAGS_AC | RFLAGS_VIF | RFLAGS_VIP | RFLAGS_ID
 )
-VECTOR_BP = 3
 #: Longest x86 instruction; what an emulation-failure report shows.
 MAX_INSTRUCTION_LENGTH = 15
 
@@ -260,32 +264,13 @@ class KvmVm:
         return pages
 
 
-# --- register conversion ---------------------------------------------------------
-def segment_to_kvm(segment: Segment) -> abi.kvm_segment:
-    return abi.kvm_segment(
-        base=segment.base, limit=segment.limit, selector=segment.selector, type=segment.type_,
-        present=int(segment.present), dpl=segment.dpl, db=segment.db, s=segment.s, l=segment.l,
-        g=segment.g, avl=segment.avl, unusable=int(segment.unusable),
-    )
-
-
-def segment_from_kvm(kvm_segment: abi.kvm_segment) -> Segment:
-    return Segment(
-        base=kvm_segment.base, limit=kvm_segment.limit, selector=kvm_segment.selector,
-        type_=kvm_segment.type, present=bool(kvm_segment.present), dpl=kvm_segment.dpl,
-        db=kvm_segment.db, s=kvm_segment.s, l=kvm_segment.l, g=kvm_segment.g, avl=kvm_segment.avl,
-        unusable=bool(kvm_segment.unusable),
-    )
-
-
-_CONTROL_REGISTERS = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base")
-
-
 class KvmVcpu:
     """One KVM vCPU configured for xvm, implementing the engines.base.Vcpu contract.
 
-    `stats` counts exits by kind ("IoOut", "MmioRead", ...) and the PVM
-    step-overs ("pvm_int3", "pvm_fwait", "pvm_iret32"); bench and --stats print it.
+    `stats` counts exits by kind ("IoOut", "MmioRead", ...) and the instructions
+    the PVM fallback ran, by mnemonic ("pvm_fallback_iret", ...), and the
+    same-segment IRETDs of its fast path ("pvm_iret32"); bench and
+    --stats print it.
     """
 
     def __init__(self, vm: KvmVm, index: int, fd: VcpuFd) -> None:
@@ -332,41 +317,24 @@ class KvmVcpu:
 
     # --- registers -----------------------------------------------------------
     def get_regs(self) -> Regs:
-        kvm_regs = self.fd.get_regs()
-        return Regs(**{name: getattr(kvm_regs, name) for name in (*GPR_NAMES, "rip", "rflags")})
+        return regs_from_kvm(self.fd.get_regs())
 
     def set_regs(self, regs: Regs) -> None:
-        kvm_regs = abi.kvm_regs()
-        for name in (*GPR_NAMES, "rip", "rflags"):
-            setattr(kvm_regs, name, getattr(regs, name))
-        self.fd.set_regs(kvm_regs)
+        self.fd.set_regs(regs_to_kvm(regs))
 
     def get_sregs(self) -> SpecialRegs:
-        kvm_sregs = self.fd.get_sregs()
-        sregs = SpecialRegs()
-        for name in SpecialRegs.SEGMENT_NAMES:
-            setattr(sregs, name, segment_from_kvm(getattr(kvm_sregs, name)))
-        sregs.gdt = DescriptorTable(kvm_sregs.gdt.base, kvm_sregs.gdt.limit)
-        sregs.idt = DescriptorTable(kvm_sregs.idt.base, kvm_sregs.idt.limit)
-        for name in _CONTROL_REGISTERS:
-            setattr(sregs, name, getattr(kvm_sregs, name))
-        return sregs
+        return sregs_from_kvm(self.fd.get_sregs())
 
     def set_sregs(self, sregs: SpecialRegs) -> None:
         # Start from KVM's copy so fields xvm does not model (the pending-interrupt
         # bitmap) keep their values.
         kvm_sregs = self.fd.get_sregs()
-        for name in SpecialRegs.SEGMENT_NAMES:
-            setattr(kvm_sregs, name, segment_to_kvm(getattr(sregs, name)))
-        kvm_sregs.gdt = abi.kvm_dtable(base=sregs.gdt.base, limit=sregs.gdt.limit)
-        kvm_sregs.idt = abi.kvm_dtable(base=sregs.idt.base, limit=sregs.idt.limit)
-        for name in _CONTROL_REGISTERS:
-            setattr(kvm_sregs, name, getattr(sregs, name))
+        sregs_to_kvm(sregs, kvm_sregs)
         self.fd.set_sregs(kvm_sregs)
 
     # --- running -------------------------------------------------------------
     def run(self) -> VcpuExit:
-        """Run until an exit the machine must see; PVM emulation gaps are stepped over here."""
+        """Run until an exit the machine must see; PVM emulation gaps are filled here (fallback.py)."""
         self._thread = threading.get_ident()
         stats = self.stats
         while True:
@@ -384,35 +352,34 @@ class KvmVcpu:
             return exit_
 
     def _handle_emulation_failure(self, failure: InternalError) -> tuple:
-        """Step over an instruction KVM's emulator gave up on, if the VMM can; else explain.
+        """Run the instruction KVM's emulator gave up on in bt's interpreter; else explain.
 
-        Returns (stats key, None) when the guest may simply be re-entered, or
-        ("", InternalError) naming the instruction bytes and RIP.
+        Returns (stats key, None) when the guest may simply be re-entered,
+        ("", Shutdown) when delivering the instruction's fault triple-faulted,
+        or ("", InternalError) naming the instruction bytes, RIP and why.
+        INT3 and FWAIT need no cases of their own: bt delivers #BP through the
+        guest's IDT (the frame KVM's injection would build) and checks FWAIT's
+        #NM. A same-segment IRETD keeps its fast path (_iret32); bt performs
+        every other kind of IRET.
         """
         regs = self.fd.get_regs()
         sregs = self.fd.get_sregs()
-        linear = (sregs.cs.base + regs.rip) & 0xFFFFFFFFFFFFFFFF
-        code = self._read_linear(linear, MAX_INSTRUCTION_LENGTH)
-        if code[:1] == bytes((OPCODE_INT3,)):
-            # INT3 is a trap: the #BP frame holds the address after it (SDM Vol. 3A 6.15).
-            regs.rip += 1
-            self.fd.set_regs(regs)
-            events = self.fd.get_vcpu_events()
-            events.exception.injected = 1
-            events.exception.nr = VECTOR_BP
-            events.exception.has_error_code = 0
-            events.flags = 0  # leave NMI, SIPI, shadow and SMM state untouched
-            self.fd.set_vcpu_events(events)
-            return "pvm_int3", None
-        if code[:1] == bytes((OPCODE_FWAIT,)):
-            # FWAIT only checks for pending x87 exceptions, which xvm's guests keep masked.
-            regs.rip += 1
-            self.fd.set_regs(regs)
-            return "pvm_fwait", None
+        code = self._read_linear((sregs.cs.base + regs.rip) & 0xFFFFFFFFFFFFFFFF, MAX_INSTRUCTION_LENGTH)
         if code[:1] == bytes((OPCODE_IRET,)) and self._iret32(regs, sregs):
             return "pvm_iret32", None
+        step = FallbackStep.load(self.fd)
+        try:
+            if not step.execute(self.vm.memory):
+                return "", Shutdown("triple fault")
+            step.store(self.fd)
+        except FallbackRefused as refused:
+            why = f"the fallback refused it: {refused}"
+        else:
+            if step.v86_steps:
+                self.stats["pvm_fallback_v86_steps"] = self.stats.get("pvm_fallback_v86_steps", 0) + step.v86_steps
+            return f"pvm_fallback_{step.mnemonic}", None
         shown = code.hex(" ") if code else "unreadable"
-        detail = f"KVM could not emulate the instruction at RIP={regs.rip:#x} (bytes {shown})"
+        detail = f"KVM could not emulate the instruction at RIP={regs.rip:#x} (bytes {shown}); {why}"
         if failure.detail:
             detail += f"; {failure.detail}"
         return "", InternalError(failure.suberror, detail)
@@ -420,10 +387,14 @@ class KvmVcpu:
     def _iret32(self, regs: abi.kvm_regs, sregs: abi.kvm_sregs) -> bool:
         """Perform a 32-bit protected-mode IRET to the same code segment, as SDM Vol. 2A IRET does.
 
-        PVM's emulator fails on IRETD (IRETQ works). Only the simple case is
-        handled: 32-bit code and stack, no task return (NT), no return to
-        virtual-8086 mode, CS unchanged (so no privilege change and no
-        descriptor load). Anything else is left to the InternalError report.
+        PVM's emulator fails on IRETD (IRETQ works). This is the fast path of
+        the one emulation failure that comes at interrupt rates (the return of
+        every interrupt handler of a 32-bit guest): the general fallback costs
+        1-3 ms a step here, longer than a 200 us LAPIC timer period, which
+        livelocked tests/guests/timer_irq. Only the simple case: 32-bit code
+        and stack, no task return (NT), no return to virtual-8086 mode, CS
+        unchanged (no privilege change, no descriptor load); anything else
+        goes to the fallback.
         """
         if not (sregs.cr0 & CR0_PE) or sregs.cs.l or not sregs.cs.db or not sregs.ss.db:
             return False

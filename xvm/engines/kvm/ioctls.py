@@ -80,6 +80,7 @@ KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
 KVM_CAP_ADJUST_CLOCK = 39
 KVM_CAP_INTERNAL_ERROR_DATA = 40
 KVM_CAP_VCPU_EVENTS = 41
+KVM_CAP_XSAVE = 55
 KVM_CAP_XCRS = 56
 KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_SIGNAL_MSI = 77
@@ -147,6 +148,8 @@ _TABLE = (
     Ioctl("KVM_SET_MP_STATE", _IOW(KVMIO, 0x99, abi.kvm_mp_state), "vcpu", KVM_CAP_MP_STATE),
     Ioctl("KVM_GET_VCPU_EVENTS", _IOR(KVMIO, 0x9F, abi.kvm_vcpu_events), "vcpu", KVM_CAP_VCPU_EVENTS),
     Ioctl("KVM_SET_VCPU_EVENTS", _IOW(KVMIO, 0xA0, abi.kvm_vcpu_events), "vcpu", KVM_CAP_VCPU_EVENTS),
+    Ioctl("KVM_GET_XSAVE", _IOR(KVMIO, 0xA4, abi.kvm_xsave), "vcpu", KVM_CAP_XSAVE),
+    Ioctl("KVM_SET_XSAVE", _IOW(KVMIO, 0xA5, abi.kvm_xsave), "vcpu", KVM_CAP_XSAVE),
 )
 
 #: name -> Ioctl, the single table every call site looks numbers up in.
@@ -191,6 +194,8 @@ KVM_GET_MP_STATE: int
 KVM_SET_MP_STATE: int
 KVM_GET_VCPU_EVENTS: int
 KVM_SET_VCPU_EVENTS: int
+KVM_GET_XSAVE: int
+KVM_SET_XSAVE: int
 
 
 # --- the call -------------------------------------------------------------------------

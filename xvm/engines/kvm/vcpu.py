@@ -95,6 +95,20 @@ class VcpuFd:
     def set_fpu(self, fpu: abi.kvm_fpu) -> None:
         self._call(ioctls.KVM_SET_FPU, fpu)
 
+    def get_xsave(self) -> bytes:
+        """KVM_GET_XSAVE: the x87/SSE (and later) state as an XSAVE image.
+
+        The fallback reads FPU state here, not with KVM_GET_FPU: on PVM hosts
+        KVM_GET_FPU reports MXCSR 0 (and KVM_SET_FPU drops it) while this image
+        holds the real value.
+        """
+        xsave = abi.kvm_xsave()
+        self._call(ioctls.KVM_GET_XSAVE, xsave)
+        return bytes(xsave)
+
+    def set_xsave(self, image: bytes) -> None:
+        self._call(ioctls.KVM_SET_XSAVE, abi.kvm_xsave.from_buffer_copy(image))
+
     def get_msrs(self, indices: list) -> dict:
         """KVM_GET_MSRS: {index: value} for the MSRs KVM could read (it stops at the first failure)."""
         buffer = abi.msrs_buffer(len(indices))

@@ -197,13 +197,13 @@ def test_irq_line_and_msi_sink(machine) -> None:
         vm.irq_line(layout.IOAPIC_PINS)
 
 
-def test_pvm_fwait_step_over(machine) -> None:
+def test_pvm_fwait_fallback(machine) -> None:
     # fwait; mov al, 7; out 0xf4, al. On PVM the emulator fails on FWAIT and run()
-    # steps over it; on VT-x/AMD-V it runs natively. Either way the OUT arrives.
+    # executes it in bt; on VT-x/AMD-V it runs natively. Either way the OUT arrives.
     vcpu = _start(machine, bytes((0x9B, 0xB0, 0x07)) + OUT_F4)
     assert vcpu.run() == IoOut(0xF4, 1, 1, b"\x07")
     if machine[1].backend != "pvm":
-        assert "pvm_fwait" not in vcpu.stats
+        assert "pvm_fallback_wait" not in vcpu.stats
 
 
 def test_linux_cmdline_hints_follow_the_backend(machine) -> None:
@@ -259,6 +259,19 @@ def test_int3_reaches_the_guest_handler_and_returns(machine, long_mode: bool) ->
     assert vcpu.run() == IoOut(0xF4, 1, 1, bytes(((CODE + 1) & 0xFF,)))  # #BP frame: address after INT3
     assert vcpu.run() == IoOut(0xF4, 1, 1, b"\x07")
     if machine[1].backend != "pvm":
+        assert not [key for key in vcpu.stats if key.startswith("pvm_")]
+
+
+def test_x87_in_ring0_runs_natively_or_in_the_fallback(machine) -> None:
+    # fninit; fld1; fld1; faddp; fistp word [0x3000]; mov al, [0x3000]; out 0xf4, al: 1 + 1 = 2.
+    # PVM's emulator has no x87 arithmetic, so there each x87 instruction runs in bt with the
+    # FPU state carried through KVM's XSAVE image; elsewhere the CPU runs them.
+    code = bytes.fromhex("dbe3d9e8d9e8dec1df1d00300000a000300000") + OUT_F4
+    vcpu = _protected_mode(machine, code, bytes((0xF4,)), long_mode=False)
+    assert vcpu.run() == IoOut(0xF4, 1, 1, b"\x02")
+    if machine[1].backend == "pvm":
+        assert vcpu.stats.get("pvm_fallback_faddp") == 1
+    else:
         assert not [key for key in vcpu.stats if key.startswith("pvm_")]
 
 
