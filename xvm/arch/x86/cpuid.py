@@ -83,7 +83,7 @@ class FeatureBit:
     subleaf: int
     register: str  # "eax" | "ebx" | "ecx" | "edx"
     bit: int
-    linux_word: int  # arch/x86/include/asm/cpufeatures.h word holding this register
+    linux_word: int  # arch/x86/include/asm/cpufeatures.h word holding this register; -1: not a Linux cpufeature
     reason: str = ""
     #: Linux clears it by itself once XSAVE is off (arch/x86/kernel/cpu/cpuid-deps.c).
     xsave_dependent: bool = False
@@ -96,6 +96,9 @@ class FeatureBit:
 
 _NO_XSAVE = "XSAVE state handling (XRSTOR) fails in the PVM instruction emulator"
 _NEEDS_XSAVE = "needs XSAVE-managed state, which is masked"
+#: Observed on PVM with --cpus 2: the AP sat on `vmcall` in kvm_hypercall4(KVM_HC_SEND_IPI) for good
+#: while the BSP spun on a lock it held ("x86: Booting SMP configuration:" was the last line).
+_NO_HYPERCALL = "uses a KVM hypercall (VMCALL/VMMCALL), which PVM does not serve"
 
 
 def _feature(name: str, leaf: int, subleaf: int, register: str, bit: int, word: int, reason: str) -> FeatureBit:
@@ -136,6 +139,11 @@ PVM_MASKED_FEATURES = (
     _feature("xsaves", 0xD, 1, "eax", 3, 10, _NO_XSAVE),
     _feature("xop", 0x80000001, 0, "ecx", 11, 6, _NEEDS_XSAVE),
     _feature("fma4", 0x80000001, 0, "ecx", 16, 6, _NEEDS_XSAVE),
+    # KVM paravirtual features (Documentation/virt/kvm/x86/cpuid.rst); not X86_FEATURE bits, and kernel-mode
+    # CPUID honours them on PVM. Without them Linux falls back to APIC IPIs, HLT and plain spinlocks.
+    _feature("kvm_pv_unhalt", LEAF_KVM_FEATURES, 0, "eax", 7, -1, _NO_HYPERCALL),
+    _feature("kvm_pv_send_ipi", LEAF_KVM_FEATURES, 0, "eax", 11, -1, _NO_HYPERCALL),
+    _feature("kvm_pv_sched_yield", LEAF_KVM_FEATURES, 0, "eax", 13, -1, _NO_HYPERCALL),
 )
 
 
@@ -152,7 +160,8 @@ def linux_clearcpuid(features: Iterable[FeatureBit]) -> str:
     words = []
     if any(feature.name == "xsave" for feature in features):
         words.append("noxsave")
-    numbers = sorted({f.linux_number for f in features if f.name != "xsave" and not f.xsave_dependent})
+    numbers = sorted({f.linux_number for f in features
+                      if f.name != "xsave" and not f.xsave_dependent and f.linux_word >= 0})
     if numbers:
         words.append("clearcpuid=" + ",".join(str(n) for n in numbers))
     return " ".join(words)

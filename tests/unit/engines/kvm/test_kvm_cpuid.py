@@ -84,6 +84,17 @@ def test_pvm_mask() -> None:
     assert host[1].ecx & (1 << 26)
 
 
+def test_pvm_mask_drops_hypercall_pv_features() -> None:
+    # The hypercall-based PV features hung SMP Linux on the PVM host.
+    host = _amd_host()
+    offered = _leaf(host, cpuid.LEAF_KVM_FEATURES).eax
+    hypercalls = (1 << 7) | (1 << 11) | (1 << 13)  # PV_UNHALT, PV_SEND_IPI, PV_SCHED_YIELD
+    assert offered & hypercalls == hypercalls
+    kvm_features = _leaf(cpuid.build_cpuid(host, 0, 2, cpuid.PVM_MASKED_FEATURES), cpuid.LEAF_KVM_FEATURES).eax
+    assert kvm_features == offered & ~hypercalls
+    assert _leaf(cpuid.build_cpuid(host, 0, 2), cpuid.LEAF_KVM_FEATURES).eax == offered
+
+
 def test_no_mask_keeps_features() -> None:
     entries = cpuid.build_cpuid(_amd_host(), 0, 1)
     assert _leaf(entries, 0x1).ecx & (1 << 26)
