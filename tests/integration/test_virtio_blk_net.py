@@ -91,9 +91,14 @@ def check_boot(result: subprocess.CompletedProcess, engine: str, disk_root: bool
 
 
 @pytest.fixture(scope="module")
-def kernel() -> Path:
-    """The default guest's bzImage, built on first use like `xvm run` does."""
-    return default_guest(build=True).kernel
+def guest():
+    """The default guest's kernel and initramfs, built once here so no boot starts a build."""
+    return default_guest(build=True)
+
+
+@pytest.fixture(scope="module")
+def kernel(guest) -> Path:
+    return guest.kernel
 
 
 def guest_file(image: Path, path: str) -> Optional[bytes]:
@@ -229,7 +234,7 @@ def netns():
     subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def test_tap_networking_in_a_namespace(netns, served):
+def test_tap_networking_in_a_namespace(guest, netns, served):
     tap = "xvmtap9"
     for command in (["ip", "tuntap", "add", "dev", tap, "mode", "tap"],
                     ["ip", "addr", "add", f"{TAP_HOST}/24", "dev", tap],
@@ -239,7 +244,8 @@ def test_tap_networking_in_a_namespace(netns, served):
     try:
         script = (f"ip link set eth0 up && ip addr add {TAP_GUEST}/24 dev eth0 && ping -c 1 -W 5 {TAP_HOST}"
                   f" && wget -q -O - http://{TAP_HOST}:{server.port}/hello.txt")
-        command = ["ip", "netns", "exec", netns] + xvm_command("bt", "--net", f"tap={tap}", script=script)
+        command = ["ip", "netns", "exec", netns] + xvm_command(
+            "bt", "--kernel", str(guest.kernel), "--initrd", str(guest.initrd), "--net", f"tap={tap}", script=script)
         result = run(command, BOOT_TIMEOUT["bt"] + 60)
     finally:
         server.close()
@@ -249,7 +255,7 @@ def test_tap_networking_in_a_namespace(netns, served):
     assert "hello from the host" in result.stdout, describe(result)
 
 
-def test_user_networking_reaches_the_host_loopback(served):
+def test_user_networking_reaches_the_host_loopback(guest, served):
     if shutil.which("passt") is None:
         pytest.fail("--net user needs passt: apt-get install passt (scripts/setup.sh should install it)")
     server = HttpServer(served, "127.0.0.1")
@@ -260,7 +266,8 @@ def test_user_networking_reaches_the_host_loopback(served):
               " && udhcpc -q -n -t 5 -i eth0 -s /tmp/dhcp >/dev/null"
               f" && wget -q -O - http://$(ip route | awk '/default/ {{print $3}}'):{server.port}/hello.txt")
     try:
-        result = run(xvm_command("bt", "--net", "user", script=script), BOOT_TIMEOUT["bt"] + 60)
+        result = run(xvm_command("bt", "--kernel", str(guest.kernel), "--initrd", str(guest.initrd), "--net", "user",
+                                 script=script), BOOT_TIMEOUT["bt"] + 60)
     finally:
         server.close()
     check_boot(result, "bt")
