@@ -13,6 +13,7 @@ to time QEMU and short enough for bt on CPython. MIPS = instructions / seconds.
     python bench/bt_mips.py                                  # every machine that runs here
     python bench/bt_mips.py --machines xvm-bt-pypy,qemu-tcg --count 200
     python bench/bt_mips.py --profile                        # where bt's time goes (CPython cProfile)
+    python bench/bt_mips.py --profile-boot --timeout 120     # the same for the default Linux guest
 
 Machines: xvm-bt (this Python), xvm-bt-pypy (`pypy3`), qemu-tcg, xvm-kvm and
 qemu-kvm (with /dev/kvm). Not a test: prints a table and the ratios to QEMU
@@ -25,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -71,19 +71,39 @@ def measure(machine: str, kernel: Path, count: int, repeat: int, timeout: float)
     return medians[1] - medians[0], work
 
 
-def profile(kernel: Path, count: int, timeout: float) -> None:
-    """cProfile of one bt run on CPython: the top functions by own time."""
-    env = dict(os.environ, XVM_NO_PYPY="1")  # profile this interpreter, not a pypy3 re-exec
-    argv = [sys.executable, "-m", "cProfile", "-s", "tottime", "-m", "xvm", "run", "--engine", "bt",
-            "--kernel", str(kernel), "--append", f"count={count}", "--mem", "64M", "--timeout", f"{timeout:g}"]
-    result = subprocess.run(argv, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            errors="replace", timeout=timeout + 60, env=env)
-    lines = result.stdout.splitlines()
-    for index, line in enumerate(lines):
-        if line.strip().startswith("ncalls"):
-            print("\n".join(lines[index:index + 30]))
-            return
-    print(f"no profile output (exit status {result.returncode})")
+def profile_vcpus(xvm_argv: list, top: int = 25) -> None:
+    """Run `xvm <xvm_argv>` in this process with cProfile on every vCPU thread; print the top functions.
+
+    `python -m cProfile -m xvm run` profiles only the main thread, which just
+    waits for the VM to stop: the guest runs in Machine._vcpu_loop threads.
+    """
+    import cProfile
+    import pstats
+
+    sys.path.insert(0, str(REPO))
+    os.environ["XVM_NO_PYPY"] = "1"  # profile this interpreter, not a pypy3 re-exec
+    from xvm.cli import main as xvm_main
+    from xvm.machine.machine import Machine
+
+    profiles = []
+    vcpu_loop = Machine._vcpu_loop
+
+    def profiled_loop(machine: Machine, vcpu) -> None:
+        profiler = cProfile.Profile()
+        profiles.append(profiler)
+        profiler.runcall(vcpu_loop, machine, vcpu)
+
+    Machine._vcpu_loop = profiled_loop
+    try:
+        status = xvm_main(xvm_argv)
+    finally:
+        Machine._vcpu_loop = vcpu_loop
+    print(f"xvm exit status {status}; vCPU threads profiled: {len(profiles)}")
+    if profiles:
+        stats = pstats.Stats(*profiles)
+        for order in ("tottime", "cumulative"):
+            print(f"\nby {order}:")
+            stats.sort_stats(order).print_stats(top)
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -94,7 +114,10 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--machines", default=",".join(MACHINES),
                         help=f"comma-separated, from {', '.join(MACHINES)} (default: all)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one run may take (default 900)")
-    parser.add_argument("--profile", action="store_true", help="also profile one xvm-bt run under cProfile")
+    parser.add_argument("--profile", action="store_true",
+                        help="only profile one xvm-bt run of the guest (CPython cProfile on the vCPU thread)")
+    parser.add_argument("--profile-boot", action="store_true",
+                        help="only profile bt booting the default Linux guest (`echo hi`, up to --timeout)")
     parser.add_argument("--guest", default=GUEST,
                         help="a guest of tests/guests that takes count=N (default %(default)s)")
     args = parser.parse_args(argv)
@@ -103,7 +126,15 @@ def main(argv: Optional[list] = None) -> int:
     if bad or (args.count is not None and args.count < 1) or args.repeat < 1:
         parser.error(f"unknown machine(s) {', '.join(bad)}" if bad else "--count and --repeat must be positive")
 
+    if args.profile_boot:
+        profile_vcpus(["run", "--engine", "bt", "--timeout", f"{args.timeout:g}", "--", "echo", "hi"])
+        return 0
     kernel = build_all([args.guest])[args.guest]
+    if args.profile:
+        count = args.count or COUNTS["xvm-bt"]
+        profile_vcpus(["run", "--engine", "bt", "--kernel", str(kernel), "--append", f"count={count}",
+                       "--mem", "64M", "--timeout", f"{args.timeout:g}"])
+        return 0
     # xvm-bt stays on this interpreter (`xvm run --engine bt` re-executes under pypy3 otherwise).
     os.environ["XVM_NO_PYPY"] = "1"
     print(f"{args.guest} guest, median of {args.repeat} runs per point\n")
@@ -138,9 +169,6 @@ def main(argv: Optional[list] = None) -> int:
             if machine != "qemu-tcg":
                 print(f"{machine} / qemu-tcg: {mips / results['qemu-tcg']:.4f}  "
                       f"(qemu-tcg is {results['qemu-tcg'] / mips:.0f}x faster)")
-    if args.profile:
-        print("\nxvm-bt on CPython, cProfile by own time:")
-        profile(kernel, max(1, (args.count or COUNTS["xvm-bt"]) // 4), args.timeout)
     return 0
 
 
