@@ -174,6 +174,12 @@ class KvmVm:
         if not 1 <= self.cpus <= max(max_vcpus, 1):
             raise KvmError(f"{self.cpus} vCPUs requested but this KVM allows 1 to {max_vcpus}: lower --cpus")
         self.backend = host.detect_backend()
+        if self.backend == "pvm" and self.cpus > 1:
+            # In each of 3 boots of the default guest with --cpus 2 (in none with 1) one busybox process read 0
+            # from its thread-local storage (fs:-0x90) and died of SIGSEGV; once it was the command itself.
+            # Not explained yet (masking PV TLB flush did not help); say so.
+            log.warning("PVM host: SMP Linux boots, but its user processes may segfault with %d vCPUs "
+                        "(a PVM issue); use --cpus 1 or --engine bt where that matters", self.cpus)
         self.masked_features = cpuid_table.PVM_MASKED_FEATURES if self.backend == "pvm" else ()
         self.supported_cpuid = [
             cpuid_table.CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)

@@ -10,9 +10,9 @@ CpuState, exactly one instruction is executed over the same guest RAM (a
 fault it raises is delivered through the guest's IDT as the CPU would, SDM
 Vol. 3 6.15), and the state is written back before KVM_RUN is entered again.
 
-    step = FallbackStep.load(fd)          # KVM_GET_REGS/SREGS/FPU/MSRS -> CpuState
-    outcome = step.execute(memory)        # one instruction (or its fault) in bt
-    step.store(fd)                        # changed state back to KVM
+    step = FallbackStep.load(fd)          # KVM_GET_REGS/SREGS/XSAVE/MSRS -> CpuState
+    if step.execute(memory):              # one instruction (or its fault) in bt; False: triple fault
+        step.store(fd)                    # changed state back to KVM
 
 Virtual-8086 mode is the one place where more than one instruction runs
 here: PVM's KVM_SET_REGS drops RFLAGS.VM (observed: IRET to v86 mode written
@@ -51,16 +51,13 @@ from xvm.engines.kvm.convert import (
 )
 from xvm.memory import GuestMemory
 
+IA32_TSC = msr.MSR_IA32_TSC
 #: MSRs an instruction may read or write besides EFER and FS/GS base (in kvm_sregs): the
-#: SYSCALL/SYSENTER set, SWAPGS's partner, RDTSCP's TSC_AUX. IA32_TSC is read separately.
-IA32_TSC = 0x10
-IA32_SYSENTER_CS = 0x174
-IA32_SYSENTER_ESP = 0x175
-IA32_SYSENTER_EIP = 0x176
-IA32_PAT = 0x277
+#: SYSCALL/SYSENTER set, SWAPGS's partner, RDTSCP's TSC_AUX, PAT. IA32_TSC is read too, first.
 CARRIED_MSRS = (
     msr.MSR_STAR, msr.MSR_LSTAR, msr.MSR_CSTAR, msr.MSR_SYSCALL_MASK, msr.MSR_KERNEL_GS_BASE,
-    IA32_SYSENTER_CS, IA32_SYSENTER_ESP, IA32_SYSENTER_EIP, IA32_PAT, msr.MSR_TSC_AUX,
+    msr.MSR_IA32_SYSENTER_CS, msr.MSR_IA32_SYSENTER_ESP, msr.MSR_IA32_SYSENTER_EIP, msr.MSR_IA32_CR_PAT,
+    msr.MSR_TSC_AUX,
 )
 
 #: kvm_vcpu_events.interrupt.shadow values (arch/x86/include/uapi/asm/kvm.h).

@@ -206,6 +206,18 @@ def test_pvm_fwait_fallback(machine) -> None:
         assert "pvm_fallback_wait" not in vcpu.stats
 
 
+def test_smp_on_pvm_is_warned_about(caplog) -> None:
+    memory = GuestMemory.allocate(1 << 20)
+    with caplog.at_level("WARNING", logger="xvm.engines.kvm.engine"):
+        vm = KvmEngine().create_vm(memory, 2)
+    try:
+        warned = [r for r in caplog.records if "may segfault with 2 vCPUs" in r.getMessage()]
+        assert len(warned) == (1 if vm.backend == "pvm" else 0)
+    finally:
+        vm.close()
+        memory.close()
+
+
 def test_linux_cmdline_hints_follow_the_backend(machine) -> None:
     hints = machine[1].linux_cmdline_hints()
     if machine[1].backend == "pvm":
