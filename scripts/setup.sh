@@ -12,6 +12,7 @@ packages=(
   cpio e2fsprogs                            # initramfs checks, root disk images
   pypy3 pypy3-venv                          # the bt engine's speed path
   qemu-system-x86                           # the peer xvm is tested and benchmarked against
+  passt iproute2                            # --net user, and the network tests' namespaces
   linux-source-6.1 bc flex bison make gcc libelf-dev libssl-dev lz4 xz-utils   # default guest kernel
 )
 missing=()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from xvm.errors import ConfigError
 from xvm.images import cache_dir, default_guest
@@ -19,6 +20,7 @@ from xvm.images.debian_kernel import find_debian_kernel, pull_debian_kernel
 from xvm.images.initramfs import build_initramfs, initramfs_path
 from xvm.images.kernel import build_kernel, find_kernel
 from xvm.images.progress import Progress
+from xvm.images.rootfs import build_rootfs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pull.add_argument("--debian", action="store_true", help="Debian's linux-image-cloud-amd64 (required)")
     pull.add_argument("--force", action="store_true", help="unpack again even when cached")
     pull.set_defaults(func=_pull)
+    rootfs = commands.add_parser("rootfs", help="build an ext4 root disk with busybox (boot it with --disk PATH "
+                                 "--append 'root=/dev/vda rw console=ttyS0')")
+    rootfs.add_argument("path", type=Path, help="image file to create")
+    rootfs.add_argument("--size", type=int, default=64, help="size in MiB (default 64)")
+    rootfs.set_defaults(func=_rootfs)
     parser.set_defaults(func=lambda args: _usage(parser))
 
 
@@ -52,6 +59,12 @@ def _build(args: argparse.Namespace) -> int:
     initrd = build_initramfs(progress)
     print(f"kernel: {kernel / 'bzImage'}")
     print(f"initrd: {initrd}")
+    return 0
+
+
+def _rootfs(args: argparse.Namespace) -> int:
+    image = build_rootfs(args.path, args.size, Progress())
+    print(f"root disk: {image}")
     return 0
 
 

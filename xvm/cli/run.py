@@ -46,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=None, help="stop the VM after this many seconds")
     parser.add_argument("--disk", action="append", default=[], metavar="PATH[,ro][,cache=none|writeback]",
                         help="virtio-blk disk (repeatable)")
-    parser.add_argument("--net", action="append", default=[], metavar="tap[=NAME]|user", help="virtio-net interface")
+    parser.add_argument("--net", action="append", default=[], metavar="tap[=NAME]|user[,mac=MAC]",
+                        help="virtio-net interface")
     parser.add_argument("--virtio-console", action="store_true",
                         help="add a virtio-console device (use console=hvc0 on the kernel command line)")
     parser.add_argument("--clock", choices=("virtual", "host"), default="virtual", help="bt engine time source")
@@ -70,8 +71,16 @@ def _parse_disk(text: str) -> DiskConfig:
 
 
 def _parse_net(text: str) -> NetConfig:
-    mode, _, name = text.partition("=")
-    return NetConfig(mode, name or None)
+    """tap[=NAME][,mac=XX:XX:XX:XX:XX:XX] or user[,mac=...]."""
+    spec, *options = text.split(",")
+    mode, _, name = spec.partition("=")
+    mac = None
+    for option in options:
+        if option.startswith("mac="):
+            mac = option[len("mac="):]
+        else:
+            raise ConfigError(f"--net option {option!r} is unknown: use mac=XX:XX:XX:XX:XX:XX")
+    return NetConfig(mode, name or None, mac)
 
 
 def config_from_args(args: argparse.Namespace) -> MachineConfig:

@@ -17,7 +17,8 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
 mkdir -p /proc /sys /dev /tmp
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
+# On a disk root the kernel has mounted devtmpfs already (CONFIG_DEVTMPFS_MOUNT).
+mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 hostname xvm
 cd /root

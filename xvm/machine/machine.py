@@ -109,7 +109,9 @@ class Machine:
             from xvm.images import default_guest
 
             images = default_guest(build=True)
-            boot = replace(boot, kernel=images.boot_kernel, initrd=boot.initrd or images.initrd)
+            # With root= the guest boots from a disk: the initramfs's /init would hide it.
+            initrd = boot.initrd or (None if "root=" in boot.cmdline else images.initrd)
+            boot = replace(boot, kernel=images.boot_kernel, initrd=initrd)
         if self.command is not None:
             from xvm.images import command_cmdline
 
