@@ -94,6 +94,9 @@ def boot_once(command: list, timeout: float) -> Boot:
     stderr_lines: list = []
     reader = threading.Thread(target=lambda: stderr_lines.extend(process.stderr), daemon=True)
     reader.start()
+    # The stdout loop below blocks while a hung guest prints nothing: kill it at the deadline.
+    watchdog = threading.Timer(timeout, process.kill)
+    watchdog.start()
     try:
         for line in process.stdout:
             now = time.monotonic() - start
@@ -107,6 +110,8 @@ def boot_once(command: list, timeout: float) -> Boot:
     except subprocess.TimeoutExpired:
         process.kill()
         boot.returncode = process.wait()
+    finally:
+        watchdog.cancel()
     boot.exit = time.monotonic() - start
     reader.join(timeout=5)
     stats_text = "".join(stderr_lines)
