@@ -175,7 +175,7 @@ class KvmVm:
             raise KvmError(f"{self.cpus} vCPUs requested but this KVM allows 1 to {max_vcpus}: lower --cpus")
         self.backend = host.detect_backend()
         if self.backend == "pvm" and self.cpus > 1:
-            # In each of 3 boots of the default guest with --cpus 2 (in none with 1) one busybox process read 0
+            # In 3 of 4 boots of the default guest with --cpus 2 (in none with 1) one busybox process read 0
             # from its thread-local storage (fs:-0x90) and died of SIGSEGV; once it was the command itself.
             # Not explained yet (masking PV TLB flush did not help); say so.
             log.warning("PVM host: SMP Linux boots, but its user processes may segfault with %d vCPUs "
