@@ -8,6 +8,7 @@ is also how the bt engine's FpuState keeps it, so that conversion is a copy.
 from __future__ import annotations
 
 from xvm.arch.x86.regs import GPR_NAMES, DescriptorTable, Regs, Segment, SpecialRegs
+from xvm.engines.bt.ops.sse import load_fxsave_image, store_fxsave_image
 from xvm.engines.bt.ops.x87 import FpuState
 from xvm.engines.bt.state import CpuState
 from xvm.engines.kvm import abi
@@ -67,34 +68,13 @@ def sregs_to_kvm(sregs: SpecialRegs, kvm_sregs: abi.kvm_sregs) -> None:
 
 
 def fpu_from_fxsave(image: bytes, cpu: CpuState) -> None:
-    """Load x87/SSE state from a 64-bit FXSAVE image (SDM Vol. 1 Table 10-2), the first 512 bytes of
-    KVM_GET_XSAVE's; bt's FpuState keeps the same fields (abridged tag word, ST slots as 80-bit images)."""
-    state = FpuState()
-    state.fcw = int.from_bytes(image[0:2], "little")
-    state.fsw = int.from_bytes(image[2:4], "little")
-    state.ftw = image[4]
-    state.fop = int.from_bytes(image[6:8], "little")
-    state.fip = int.from_bytes(image[8:16], "little")
-    state.fdp = int.from_bytes(image[16:24], "little")
-    state.st = [bytes(image[32 + 16 * i:42 + 16 * i]) for i in range(8)]
-    cpu.fpu = state
-    cpu.mxcsr = int.from_bytes(image[24:28], "little")
-    cpu.xmm = [int.from_bytes(image[160 + 16 * i:176 + 16 * i], "little") for i in range(16)]
+    """Load x87/SSE state from a 64-bit FXSAVE image (the first 512 bytes of KVM_GET_XSAVE's)."""
+    cpu.fpu = FpuState()
+    load_fxsave_image(cpu, image, 16)
 
 
 def fpu_to_fxsave(cpu: CpuState, image: bytes) -> bytes:
     """`image` (an FXSAVE image) with the fields bt models replaced by `cpu`'s; the rest stays."""
-    state = cpu.fpu
     out = bytearray(image[:FXSAVE_SIZE])
-    out[0:2] = state.fcw.to_bytes(2, "little")
-    out[2:4] = state.fsw.to_bytes(2, "little")
-    out[4] = state.ftw
-    out[6:8] = state.fop.to_bytes(2, "little")
-    out[8:16] = state.fip.to_bytes(8, "little")
-    out[16:24] = state.fdp.to_bytes(8, "little")
-    out[24:28] = cpu.mxcsr.to_bytes(4, "little")
-    for i in range(8):
-        out[32 + 16 * i:42 + 16 * i] = state.st[i]
-    for i in range(16):
-        out[160 + 16 * i:176 + 16 * i] = cpu.xmm[i].to_bytes(16, "little")
+    store_fxsave_image(cpu, out, 16)
     return bytes(out)

@@ -37,13 +37,13 @@ def _aligned_area(cpu, ins, size: int, write: bool) -> int:
     return seg_linear(cpu, ins.seg, off, size, write)
 
 
-@handles("fxsave_M")
-def fxsave_M(cpu, mmu, ins, io):
-    """The 512-byte legacy FXSAVE image (SDM Vol. 1 Table 10-2; 64-bit layout with REX.W)."""
-    fpu_check(cpu)
-    lin = _aligned_area(cpu, ins, 512, True)
+def store_fxsave_image(cpu, image: bytearray, nxmm: int) -> None:
+    """Write the x87/SSE state bt models into a 512-byte FXSAVE image (SDM Vol. 1 Table 10-2).
+
+    Shared by FXSAVE and by the kvm engine, which hands KVM's XSAVE area to bt;
+    fields bt does not model keep what `image` held.
+    """
     st = fpu(cpu)
-    image = bytearray(512)
     image[0:2] = st.fcw.to_bytes(2, "little")
     image[2:4] = st.fsw.to_bytes(2, "little")
     image[4] = st.ftw
@@ -51,23 +51,14 @@ def fxsave_M(cpu, mmu, ins, io):
     image[8:16] = st.fip.to_bytes(8, "little")
     image[16:24] = st.fdp.to_bytes(8, "little")
     image[24:28] = cpu.mxcsr.to_bytes(4, "little")
-    image[28:32] = MXCSR_MASK.to_bytes(4, "little")
     for i in range(8):
         image[32 + 16 * i:42 + 16 * i] = st.st[i]
-    nxmm = 16 if cpu.mode == MODE_LONG else 8
     for i in range(nxmm):
         image[160 + 16 * i:176 + 16 * i] = cpu.xmm[i].to_bytes(16, "little")
-    mmu.write_bytes(lin, bytes(image), cpu.cpl == 3)
 
 
-@handles("fxrstor_M")
-def fxrstor_M(cpu, mmu, ins, io):
-    fpu_check(cpu)
-    lin = _aligned_area(cpu, ins, 512, False)
-    image = mmu.read_bytes(lin, 512, cpu.cpl == 3)
-    mxcsr = int.from_bytes(image[24:28], "little")
-    if mxcsr & ~MXCSR_MASK:
-        raise gp0()
+def load_fxsave_image(cpu, image: bytes, nxmm: int) -> None:
+    """Load x87 state, MXCSR and XMM0..nxmm-1 from an FXSAVE image (the caller validates MXCSR)."""
     st = fpu(cpu)
     st.fcw = int.from_bytes(image[0:2], "little")
     st.fsw = int.from_bytes(image[2:4], "little")
@@ -76,10 +67,30 @@ def fxrstor_M(cpu, mmu, ins, io):
     st.fip = int.from_bytes(image[8:16], "little")
     st.fdp = int.from_bytes(image[16:24], "little")
     st.st = [bytes(image[32 + 16 * i:42 + 16 * i]) for i in range(8)]
-    cpu.mxcsr = mxcsr
-    nxmm = 16 if cpu.mode == MODE_LONG else 8
+    cpu.mxcsr = int.from_bytes(image[24:28], "little")
     for i in range(nxmm):
         cpu.xmm[i] = int.from_bytes(image[160 + 16 * i:176 + 16 * i], "little")
+
+
+@handles("fxsave_M")
+def fxsave_M(cpu, mmu, ins, io):
+    """The 512-byte legacy FXSAVE image (SDM Vol. 1 Table 10-2; 64-bit layout with REX.W)."""
+    fpu_check(cpu)
+    lin = _aligned_area(cpu, ins, 512, True)
+    image = bytearray(512)
+    store_fxsave_image(cpu, image, 16 if cpu.mode == MODE_LONG else 8)
+    image[28:32] = MXCSR_MASK.to_bytes(4, "little")
+    mmu.write_bytes(lin, bytes(image), cpu.cpl == 3)
+
+
+@handles("fxrstor_M")
+def fxrstor_M(cpu, mmu, ins, io):
+    fpu_check(cpu)
+    lin = _aligned_area(cpu, ins, 512, False)
+    image = mmu.read_bytes(lin, 512, cpu.cpl == 3)
+    if int.from_bytes(image[24:28], "little") & ~MXCSR_MASK:
+        raise gp0()
+    load_fxsave_image(cpu, image, 16 if cpu.mode == MODE_LONG else 8)
 
 
 @handles("ldmxcsr_Md")
