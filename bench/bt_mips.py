@@ -38,9 +38,10 @@ from guests.build import build_all  # noqa: E402  (needs the path above)
 
 GUEST = "cpu_bound"
 MACHINES = ("xvm-bt", "xvm-bt-pypy", "qemu-tcg", "xvm-kvm", "qemu-kvm")
-#: Rounds per machine (~140k guest instructions each): some seconds of work on each.
+#: Rounds per machine (~140k guest instructions each): some seconds of work on each, and enough
+#: for PyPy's JIT to warm up (300 rounds: 2 MIPS; 800: 8 MIPS).
 #: The kvm machines are slow on a PVM host, where KVM emulates guest ring-0 code instruction by instruction.
-COUNTS = {"xvm-bt": 20, "xvm-bt-pypy": 300, "qemu-tcg": 10000, "xvm-kvm": 40, "qemu-kvm": 40}
+COUNTS = {"xvm-bt": 20, "xvm-bt-pypy": 800, "qemu-tcg": 10000, "xvm-kvm": 40, "qemu-kvm": 40}
 
 
 def guest_instructions(stderr: str) -> Optional[int]:
