@@ -22,25 +22,7 @@
 
 main:
         mov ebx, DEFAULT_COUNT
-        call mb_cmdline
-        test eax, eax
-        jz .counted
-        mov esi, eax
-        mov edi, count_key
-        call strstr
-        test eax, eax
-        jz .counted
-        mov esi, eax                    ; decimal digits after "count="
-        xor ebx, ebx
-.digit: movzx eax, byte [esi]
-        sub eax, '0'
-        cmp eax, 9
-        ja .counted
-        imul ebx, ebx, 10
-        add ebx, eax
-        inc esi
-        jmp .digit
-.counted:
+        call cmdline_count
         mov [rounds], ebx
         PRINT "cpu_bound: count="
         mov eax, ebx
@@ -165,7 +147,6 @@ sieve_work:
         jb .tally
         ret
 
-count_key: db "count=", 0
 
         section .bss
         alignb 4

@@ -8,26 +8,7 @@
 
 main:
         mov ebx, DEFAULT_COUNT
-        call mb_cmdline
-        test eax, eax
-        jz .counted
-        mov esi, eax
-        mov edi, count_key
-        call strstr
-        test eax, eax
-        jz .counted
-        ; Decimal digits after "count=".
-        mov esi, eax
-        xor ebx, ebx
-.digit: movzx eax, byte [esi]
-        sub eax, '0'
-        cmp eax, 9
-        ja .counted
-        imul ebx, ebx, 10
-        add ebx, eax
-        inc esi
-        jmp .digit
-.counted:
+        call cmdline_count
         PRINT "pio_loop: count="
         mov eax, ebx
         call puthex
@@ -45,4 +26,3 @@ main:
         CHECK "pio_loop.count", edi, ebx
         ret
 
-count_key: db "count=", 0
