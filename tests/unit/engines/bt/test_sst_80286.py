@@ -250,6 +250,11 @@ def _summary(result: dict, verbose: bool) -> str:
 
 
 def test_sst_80286_real_mode():
+    if not (DATA / "metadata.json").is_file():
+        import pytest  # only here: the module also runs as a plain script under pypy3
+
+        # The data lives beside the checkout (../shared), as CI provides it; a bare clone elsewhere lacks it.
+        pytest.skip(f"hardware test data not found at {DATA}: run from a checkout with ../shared beside it")
     result = run_suite(0 if os.environ.get("XVM_SST_FULL") else SAMPLE)
     print(_summary(result, verbose=False))
     assert result["passed"] > 0
