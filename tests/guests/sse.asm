@@ -7,19 +7,12 @@
 ;   and CLTS lets it run.
 %include "lib.inc"
 
-%define CR0_MP      (1 << 1)
-%define CR0_EM      (1 << 2)
-%define CR0_TS      (1 << 3)
-%define CR0_NE      (1 << 5)
 %define CR4_OSFXSR  (1 << 9)
 %define CR4_OSXMMEXCPT (1 << 10)
 
 main:
         call idt_init
-        mov eax, cr0
-        and eax, ~(CR0_EM | CR0_TS)
-        or eax, CR0_MP | CR0_NE
-        mov cr0, eax
+        call fpu_enable
         mov eax, cr4
         or eax, CR4_OSFXSR | CR4_OSXMMEXCPT
         mov cr4, eax

@@ -3,17 +3,9 @@
 ; through FNSTSW, FNSTCW.
 %include "lib.inc"
 
-%define CR0_MP      (1 << 1)
-%define CR0_EM      (1 << 2)
-%define CR0_TS      (1 << 3)
-%define CR0_NE      (1 << 5)
-
 main:
         call idt_init
-        mov eax, cr0
-        and eax, ~(CR0_EM | CR0_TS)
-        or eax, CR0_MP | CR0_NE
-        mov cr0, eax
+        call fpu_enable
         fninit
 
         ; 1 + 1, 1234 * 56, sqrt(144), and a compare through the status word.
