@@ -28,11 +28,11 @@ from xvm.arch.x86.regs import RFLAGS_TF
 from xvm.engines.bt import interrupts
 from xvm.engines.bt.decoder.decoder import OPDEFS, Instr, NeedMoreBytes, decode
 from xvm.engines.bt.decoder.disasm import format_instr
-from xvm.engines.bt.faults import DB, GP, GuestFault
+from xvm.engines.bt.faults import DB, GP, SS_FAULT, GuestFault
 from xvm.engines.bt.ops import alu, flow, sse, sse_fp, string, system, x87  # noqa: F401 - registers the handlers
 from xvm.engines.bt.ops import io as port_io  # noqa: F401 - registers the handlers
 from xvm.engines.bt.ops.common import HANDLERS, HANDLERS_MEM
-from xvm.engines.bt.state import CS, RSP, CpuState
+from xvm.engines.bt.state import CS, MODE_REAL, RSP, CpuState
 
 PAGE = 4096
 MAX_LENGTH = 15
@@ -87,14 +87,15 @@ def fetch_decode(cpu: CpuState, mmu) -> Instr:
     else:
         linear = (cpu.segs[CS].base + cpu.rip) & 0xFFFFFFFF
     user = cpu.cpl == 3
-    key = (mmu.translate(linear, ACCESS_EXEC, user) << 2) | (bits >> 5)
+    i286 = cpu.i286
+    key = (mmu.translate(linear, ACCESS_EXEC, user) << 2) | (3 if i286 else bits >> 5)
     ins = _cache.get(key)
     if ins is None or mmu.fetch_bytes(linear, ins.length, user) != ins.raw:
         room = PAGE - (linear & (PAGE - 1))
         try:
-            ins = decode(mmu.fetch_bytes(linear, room if room < MAX_LENGTH else MAX_LENGTH, user), bits)
+            ins = decode(mmu.fetch_bytes(linear, room if room < MAX_LENGTH else MAX_LENGTH, user), bits, i286)
         except NeedMoreBytes:
-            ins = decode(mmu.fetch_bytes(linear, MAX_LENGTH, user), bits)
+            ins = decode(mmu.fetch_bytes(linear, MAX_LENGTH, user), bits, i286)
         if len(_cache) >= _CACHE_LIMIT:
             _cache.clear()
         _cache[key] = ins
@@ -120,10 +121,12 @@ def execute_one(cpu: CpuState, mmu, io) -> None:
         ins = fetch_decode(cpu, mmu)
         cpu.rip = (rip + ins.length) & _IP_MASK[cpu.code_bits]
         ins.fn(cpu, mmu, ins, io)
-    except GuestFault:
+    except GuestFault as fault:
         cpu.rip = rip
         cpu.regs[RSP] = rsp
         cpu.rflags = rflags
+        if fault.vector == SS_FAULT and cpu.i286 and cpu.mode == MODE_REAL:
+            raise GuestFault(GP, 0) from None  # a real-mode 286 reports stack overruns as int 13 too
         raise
     cpu.icount += 1
     if rflags & RFLAGS_TF and not cpu.interrupt_shadow and ins.op.mnemonic not in _TRAPS_CLEAR_TF:

@@ -122,6 +122,9 @@ class CpuState:
         #: Interrupt shadow after MOV SS / POP SS / STI (one instruction).
         self.interrupt_shadow = False
         self.a20_enabled = True
+        #: Behave as an 80286 where it differs from later CPUs (decoder.decode's `i286`, real-mode
+        #: overruns as int 13): the interpreter-only level the 286 hardware tests run at.
+        self.i286 = False
         #: x87/SSE state (FXSAVE image layout is the executor's business).
         self.fpu = None
         self.xmm: list[int] = [0] * 16

@@ -11,6 +11,11 @@ RIP-relative), displacements and immediates, and the 15-byte limit (#GP(0),
 SDM Vol. 2 2.3.11). Anything the table lacks, or LOCK on an instruction that
 does not allow it, is #UD.
 
+`i286=True` decodes as an 80286 does where it differs from its successors
+(80286 PRM): LOCK is accepted on any instruction (it only drives the bus lock
+pin), instructions are at most 10 bytes (#GP beyond), and FS/GS do not exist
+(MOV to/from Sreg 4 or 5 is #UD).
+
 `code` may be shorter than the instruction (at a page end); the decoder then
 raises `NeedMoreBytes` so the caller can fetch across the page and retry:
 instruction fetch never touches the next page unless the instruction needs it.
@@ -24,6 +29,7 @@ from xvm.engines.bt.decoder.table import TABLE, handler_name
 from xvm.engines.bt.faults import GP, UD, GuestFault
 
 MAX_LENGTH = 15
+MAX_LENGTH_286 = 10
 ES, CS, SS, DS, FS, GS = range(6)
 _SEG_PREFIX = {0x26: ES, 0x2E: CS, 0x36: SS, 0x3E: DS, 0x64: FS, 0x65: GS}
 #: 16-bit ModRM r/m -> (base, index) registers (SDM Vol. 2 Table 2-1); -1 none.
@@ -184,8 +190,8 @@ def _signed(value: int, bits: int) -> int:
     return value - (1 << bits) if value >> (bits - 1) else value
 
 
-def decode(code: bytes, bits: int) -> Instr:
-    """Decode one instruction from `code` for a `bits`-bit code segment.
+def decode(code: bytes, bits: int, i286: bool = False) -> Instr:
+    """Decode one instruction from `code` for a `bits`-bit code segment (an 80286's with `i286`).
 
     Raises GuestFault(#UD) for invalid encodings, GuestFault(#GP(0)) when the
     instruction would exceed 15 bytes, NeedMoreBytes when `code` ends early.
@@ -354,14 +360,16 @@ def decode(code: bytes, bits: int) -> Instr:
                         ins.disp = _signed(code[pos], 8)
                         pos += 1
             if ins.is_mem:
-                ins.fn = op.fn_locked if lock or op.mnemonic == "xchg" else op.fn_mem
+                ins.fn = op.fn_locked if (lock and op.lock) or op.mnemonic == "xchg" else op.fn_mem
             elif op.mod == "m":
                 raise GuestFault(UD)
             if op.reg_check is not None and not op.reg_check(ins.reg, long_mode):
                 raise GuestFault(UD)
+            if i286 and "Sw" in op.operands and ins.reg > 3:
+                raise GuestFault(UD)  # no FS/GS on a 286
         elif op.plus_r:
             ins.rm = (b & 7) | ((rex & 1) << 3)
-        if lock and (not op.lock or not ins.is_mem):
+        if lock and (not op.lock or not ins.is_mem) and not i286:
             raise GuestFault(UD)
         ins.seg = seg if seg_override < 0 else seg_override
         for spec in op.operands:
@@ -390,7 +398,7 @@ def decode(code: bytes, bits: int) -> Instr:
                 ins.imm = _signed(value, size * 8)
             else:
                 ins.imm = value
-        if pos > MAX_LENGTH:
+        if pos > (MAX_LENGTH_286 if i286 else MAX_LENGTH):
             raise GuestFault(GP, 0)
     except IndexError:
         if n >= MAX_LENGTH:
