@@ -486,11 +486,12 @@ class BtVcpu:
         """NMI, and with several vCPUs INIT and SIPI, latched by this vCPU's LAPIC (SDM Vol. 3 10.6.1)."""
         source = self._interrupts
         take_nmi = getattr(source, "take_nmi", None)
-        if take_nmi is not None and take_nmi(self.index):
+        if take_nmi is not None and not self.cpu.nmi_blocked and take_nmi(self.index):
             self.cpu.halted = False
             self.counters.interrupts += 1
             try:
                 interrupts.deliver(self.cpu, self.mmu, NMI, None, interrupts.KIND_NMI, self.cpu.rip)
+                self.cpu.nmi_blocked = True
             except GuestFault as fault:
                 return self._fault(fault)
             except TripleFault:

@@ -121,6 +121,8 @@ class CpuState:
         self.halted = False
         #: Interrupt shadow after MOV SS / POP SS / STI (one instruction).
         self.interrupt_shadow = False
+        #: Set by NMI delivery, cleared by the next IRET: no second NMI nests inside the handler.
+        self.nmi_blocked = False
         self.a20_enabled = True
         #: Behave as an 80286 where it differs from later CPUs (decoder.decode's `i286`, real-mode
         #: overruns as int 13): the interpreter-only level the 286 hardware tests run at.

@@ -68,12 +68,18 @@ class FakeInterrupts:
         self.vector: Optional[int] = None
         self.acknowledged: list = []
         self.sipi: dict = {}
+        self.nmis = 0
 
     def take_init(self, cpu: int) -> bool:
         return False
 
     def take_sipi(self, cpu: int) -> Optional[int]:
         return self.sipi.pop(cpu, None)
+
+    def take_nmi(self, cpu: int) -> bool:
+        taken = self.nmis > 0
+        self.nmis -= taken
+        return taken
 
     def pending(self, cpu: int) -> bool:
         return self.vector is not None
@@ -222,6 +228,38 @@ handler:
     assert rig.interrupts.acknowledged == [0x20]
     assert rig.memory.read_u8(0x601) == 2
     assert rig.memory.read_u8(0x600) == 3
+
+
+def test_a_second_nmi_waits_for_the_first_handlers_iret(rig_factory):
+    rig = rig_factory("""
+    jmp short main
+nmi:                    ; at CODE + 2, in the IVT before the guest starts
+    push cx
+    inc byte [0x600]    ; nesting depth
+    mov al, [0x600]
+    cmp al, [0x601]
+    jbe counted
+    mov [0x601], al     ; deepest nesting seen
+counted:
+    inc byte [0x602]    ; handler entries
+    mov cx, 10000       ; long enough for several interrupt polls
+handler_spin:
+    loop handler_spin
+    dec byte [0x600]
+    pop cx
+    iret
+main:
+    mov cx, 10000
+spin:
+    loop spin
+    cli
+    hlt
+""")
+    rig.memory.write(2 * 4, (CODE + 2).to_bytes(2, "little") + bytes(2))
+    rig.interrupts.nmis = 2
+    assert isinstance(rig.run(), Hlt)
+    assert rig.memory.read_u8(0x602) == 2
+    assert rig.memory.read_u8(0x601) == 1
 
 
 def test_timer_deadline_fires_in_virtual_time(rig_factory):

@@ -177,7 +177,11 @@ def int1(cpu, mmu, ins, io):
 
 @handles("iret")
 def iret(cpu, mmu, ins, io):
-    """IRET in every mode (interrupt_return applies the virtual-8086 IOPL check)."""
+    """IRET in every mode (interrupt_return applies the virtual-8086 IOPL check).
+
+    It ends NMI blocking even when it then faults (SDM Vol. 3 6.7.1).
+    """
+    cpu.nmi_blocked = False
     segments.interrupt_return(cpu, mmu, ins.opsize)
 
 
