@@ -14,6 +14,8 @@ On kvm, queue kicks bypass the vCPU thread: each queue's notify address is
 an ioeventfd (KVM_IOEVENTFD), so the guest's write completes inside KVM and
 one I/O thread (QueueKicker) runs the device. The addresses follow the BAR
 as the guest moves it. Where KVM refuses (or on bt) kicks stay MMIO exits.
+MSI-X interrupts on kvm are eventfd writes into irqfds on MSI routes
+(IrqfdMsiSink); on bt they go to the emulated LAPICs (the router's MsiSink).
 
 virtio-mmio devices are not discovered by a bus scan: `add_virtio_mmio`
 places one and returns the `virtio_mmio.device=` word its kernel needs.
@@ -32,6 +34,7 @@ from typing import Callable, Optional
 from xvm.arch.x86 import layout
 from xvm.bus import Bus
 from xvm.bus.bus import BusError
+from xvm.bus.irq import MsiMessage, MsiSink
 from xvm.config import MachineConfig
 from xvm.devices.pci.host_bridge import PciBus, SharedIrqLine
 from xvm.devices.virtio.console import VirtioConsole
@@ -48,6 +51,10 @@ log = logging.getLogger(__name__)
 
 _EFD_CLOEXEC = 0o2000000
 _EFD_NONBLOCK = 0o4000
+
+
+#: An eventfd write adds this 8-byte counter value.
+_ONE = (1).to_bytes(8, "little")
 
 
 def _eventfd() -> int:
@@ -148,6 +155,69 @@ class QueueKicker:
         os.close(self._stop_w)
 
 
+class IrqfdMsiSink:
+    """kvm: MSI-X messages go through irqfds bound to MSI routes (KVM_SET_GSI_ROUTING + KVM_IRQFD).
+
+    Each distinct message (address, data) the guest programs gets a GSI from
+    24 up, an MSI route to it and an eventfd bound to that GSI; sending the
+    message is then one eventfd write, injected by KVM with no ioctl and no
+    userspace irqchip. Linux programs one message per vector and keeps it
+    (until it moves the IRQ to another CPU), so the table stays small; the
+    routes are set up the first time a message is sent. Past MAX_MSI_ROUTES
+    messages, or where KVM refuses routes or irqfds, messages go through
+    `fallback` (KVM_SIGNAL_MSI).
+    """
+
+    MAX_MSI_ROUTES = 256
+
+    def __init__(self, vm: VmBackend, fallback: MsiSink) -> None:
+        self.vm = vm
+        self.fallback = fallback
+        self.routes: dict = {}  # GSI -> MsiMessage
+        self._eventfds: dict = {}  # MsiMessage -> (eventfd, GSI)
+        self._lock = threading.Lock()
+        self._broken = False
+
+    def signal_msi(self, message: MsiMessage) -> None:
+        with self._lock:
+            target = self._eventfds.get(message)
+            if target is None:
+                target = self._add_route(message)
+        if target is None:
+            self.fallback.signal_msi(message)
+        else:
+            os.write(target[0], _ONE)
+
+    def _add_route(self, message: MsiMessage) -> Optional[tuple]:
+        """Route a new message through its own GSI and irqfd; None: use the fallback (called locked)."""
+        if self._broken or len(self.routes) >= self.MAX_MSI_ROUTES:
+            return None
+        gsi = layout.IOAPIC_PINS + len(self.routes)  # the GSIs above the IOAPIC's pins
+        fd = _eventfd()
+        try:
+            self.vm.set_msi_routes({**self.routes, gsi: message})
+            self.vm.register_irqfd(fd, gsi)
+        except (XvmError, OSError) as error:
+            os.close(fd)
+            self._broken = True
+            log.info("MSI-X messages go through KVM_SIGNAL_MSI, not irqfds: %s", error)
+            return None
+        self.routes[gsi] = message
+        self._eventfds[message] = (fd, gsi)
+        return fd, gsi
+
+    def close(self) -> None:
+        """Release the eventfds (KVM drops an irqfd whose eventfd is closed)."""
+        with self._lock:
+            for fd, gsi in self._eventfds.values():
+                try:
+                    self.vm.unregister_irqfd(fd, gsi)
+                except (XvmError, OSError, AttributeError) as error:  # the VM may already be closed
+                    log.debug("irqfd of GSI %d: %s", gsi, error)
+                os.close(fd)
+            self._eventfds.clear()
+
+
 class MmioBarMapper:
     """BarMapper over the MMIO bus: BARs come and go as the guest programs them.
 
@@ -193,6 +263,7 @@ class VirtioDevices(list):
     """The VirtioDevices of a machine; `close()` stops them and the kick thread."""
 
     kicker: Optional[QueueKicker] = None
+    msi: Optional[IrqfdMsiSink] = None
 
     def close(self) -> None:
         if self.kicker is not None:
@@ -200,6 +271,9 @@ class VirtioDevices(list):
             self.kicker = None
         for device in self:
             device.close()
+        if self.msi is not None:
+            self.msi.close()
+            self.msi = None
 
 
 def add_pci_and_virtio(config: MachineConfig, vm: VmBackend, pio: Bus, mmio: Bus, memory: GuestMemory,
@@ -228,6 +302,8 @@ def add_pci_and_virtio(config: MachineConfig, vm: VmBackend, pio: Bus, mmio: Bus
     mapper = MmioBarMapper(mmio, devices.kicker)
     bars = BarAllocator()
     msi_sink = vm.msi_sink()
+    if hasattr(vm, "set_msi_routes"):
+        devices.msi = msi_sink = IrqfdMsiSink(vm, msi_sink)
     dma_written = getattr(vm, "memory_written", None)
     intx = [SharedIrqLine(vm.irq_line(irq)) for irq in layout.PCI_INTX_IRQS]
     for device in devices:

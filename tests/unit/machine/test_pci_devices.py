@@ -6,11 +6,12 @@ import pytest
 
 from xvm.arch.x86 import layout
 from xvm.bus import Bus
-from xvm.bus.irq import NullIrqLine
+from xvm.bus.irq import MsiMessage, NullIrqLine
 from xvm.config import MachineConfig
 from xvm.devices.virtio.console import VirtioConsole
 from xvm.devices.virtio.rng import VirtioRng
-from xvm.machine.pci_devices import BarAllocator, add_pci_and_virtio, add_virtio_mmio
+from xvm.errors import XvmError
+from xvm.machine.pci_devices import BarAllocator, IrqfdMsiSink, add_pci_and_virtio, add_virtio_mmio
 from xvm.memory.guest_memory import GuestMemory
 
 
@@ -173,3 +174,88 @@ def test_kicks_stay_mmio_exits_when_kvm_refuses(machine):
         assert mmio.lookup(bar2 + 0x3000) is not None
     finally:
         devices.close()
+
+
+class IrqfdVm(FakeVm):
+    """A FakeVm with kvm's GSI routing and irqfds."""
+
+    def __init__(self, refuse=False):
+        super().__init__()
+        self.refuse = refuse
+        self.tables = []
+        self.irqfds = {}
+
+    def set_msi_routes(self, routes):
+        if self.refuse:
+            raise XvmError("Invalid argument")
+        self.tables.append(dict(routes))
+
+    def register_irqfd(self, fd, gsi, resamplefd=-1):
+        self.irqfds[gsi] = fd
+
+    def unregister_irqfd(self, fd, gsi):
+        assert self.irqfds.pop(gsi) == fd
+
+
+def _eventfd_count(fd):
+    import os
+
+    return int.from_bytes(os.read(fd, 8), "little")
+
+
+def test_each_msi_message_gets_a_route_and_an_irqfd():
+    vm = IrqfdVm()
+    sink = IrqfdMsiSink(vm, vm)
+    first, second = MsiMessage(layout.LAPIC_START, 0x41), MsiMessage(layout.LAPIC_START, 0x42)
+    sink.signal_msi(first)
+    sink.signal_msi(first)
+    sink.signal_msi(second)
+    assert vm.tables == [{24: first}, {24: first, 25: second}]  # one table update per new message
+    assert _eventfd_count(vm.irqfds[24]) == 2 and _eventfd_count(vm.irqfds[25]) == 1
+    assert vm.messages == []  # nothing went through KVM_SIGNAL_MSI
+    sink.close()
+    assert vm.irqfds == {}
+
+
+def test_msi_falls_back_to_signal_msi_when_kvm_refuses_routes():
+    vm = IrqfdVm(refuse=True)
+    sink = IrqfdMsiSink(vm, vm)
+    message = MsiMessage(layout.LAPIC_START, 0x41)
+    sink.signal_msi(message)
+    sink.signal_msi(message)
+    assert vm.messages == [message, message] and vm.irqfds == {}
+
+
+def test_msi_routes_are_bounded():
+    vm = IrqfdVm()
+    sink = IrqfdMsiSink(vm, vm)
+    for data in range(IrqfdMsiSink.MAX_MSI_ROUTES + 2):
+        sink.signal_msi(MsiMessage(layout.LAPIC_START, data))
+    assert len(vm.irqfds) == IrqfdMsiSink.MAX_MSI_ROUTES and len(vm.messages) == 2
+    sink.close()
+
+
+def test_virtio_msix_goes_through_the_irqfd_sink_on_kvm(machine):
+    memory, _, pio, mmio = machine
+    vm = IrqfdVm()
+    devices = add_pci_and_virtio(MachineConfig(), vm, pio, mmio, memory, lambda d: None)
+    try:
+        assert isinstance(devices.msi, IrqfdMsiSink)
+        transport = mmio_transport(pio, mmio)
+        msix = transport.msix
+        msix.table_write(0, 4, layout.LAPIC_START)
+        msix.table_write(8, 4, 0x51)
+        msix.table_write(12, 4, 0)  # unmask vector 0
+        msix.write_message_control(0x8000)
+        transport.config_vector = 0
+        transport.signal_config()
+        assert vm.tables == [{24: MsiMessage(layout.LAPIC_START, 0x51)}] and _eventfd_count(vm.irqfds[24]) == 1
+    finally:
+        devices.close()
+    assert vm.irqfds == {}
+
+
+def mmio_transport(pio, mmio):
+    """The virtio-pci transport of slot 1, with its BARs decoded."""
+    cfg_write(pio, 1, 0x04, 2, 0x6)
+    return mmio.lookup(cfg_read(pio, 1, 0x18) & ~0xF)[0]

@@ -25,6 +25,7 @@ import logging
 import signal
 import struct
 import threading
+from collections.abc import Mapping
 from typing import Optional
 
 from xvm.arch.x86 import cpuid as cpuid_table
@@ -53,8 +54,9 @@ from xvm.arch.x86.regs import (
     SpecialRegs,
 )
 from xvm.bus.irq import MsiMessage
+from xvm.devices.clock import HostClock
 from xvm.engines.base import InternalError, Interrupted, Shutdown, VcpuExit, exit_name
-from xvm.engines.kvm import abi, host, ioctls
+from xvm.engines.kvm import abi, host, ioctls, irq_routing
 from xvm.engines.kvm.convert import (  # noqa: F401 - segment_*: part of this module's interface
     regs_from_kvm,
     regs_to_kvm,
@@ -65,6 +67,7 @@ from xvm.engines.kvm.convert import (  # noqa: F401 - segment_*: part of this mo
 )
 from xvm.engines.kvm.fallback import FallbackRefused, FallbackStep
 from xvm.engines.kvm.system import Kvm
+from xvm.engines.kvm.timers import DeviceTimers
 from xvm.engines.kvm.vcpu import VcpuFd
 from xvm.engines.kvm.vm import VmFd
 from xvm.errors import GuestMemoryError, KvmError
@@ -158,6 +161,8 @@ class KvmVm:
         self.cpus = cpus
         self.vcpus: list = []
         self.fd: Optional[VmFd] = None
+        #: Ticks the Python-modelled timed devices (the RTC); the PIT and LAPICs are KVM's.
+        self.timers = DeviceTimers(HostClock())
         try:
             self._setup()
         except BaseException:
@@ -217,7 +222,12 @@ class KvmVm:
     def msi_sink(self) -> KvmMsiSink:
         return KvmMsiSink(self.fd)
 
+    def add_timer(self, device: object) -> object:
+        """Tick `device` (tick/next_deadline) at its deadlines; returns the wrapper for the bus (timers.py)."""
+        return self.timers.add(device)
+
     def close(self) -> None:
+        self.timers.close()
         for vcpu in self.vcpus:
             vcpu.close()
         self.vcpus = []
@@ -241,6 +251,13 @@ class KvmVm:
 
     def unregister_irqfd(self, eventfd: int, gsi: int) -> None:
         self.fd.irqfd(eventfd, gsi, deassign=True)
+
+    def set_msi_routes(self, routes: Mapping[int, MsiMessage]) -> None:
+        """Make each GSI of `routes` (24 and up) an MSI route, next to the irqchip's default routes.
+
+        An irqfd registered on such a GSI then injects its MSI (KVM_SET_GSI_ROUTING).
+        """
+        self.fd.set_gsi_routing(irq_routing.routing_table(routes))
 
     def register_ioeventfd(
         self, eventfd: int, address: int, length: int, pio: bool = False, datamatch: Optional[int] = None

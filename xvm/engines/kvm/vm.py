@@ -109,6 +109,10 @@ class VmFd:
                 return 0
             raise KvmError(f"{error.strerror}") from error
 
+    def set_gsi_routing(self, table: ctypes.Structure) -> None:
+        """KVM_SET_GSI_ROUTING: replace the whole GSI routing table (irq_routing.routing_table builds one)."""
+        self._call(ioctls.KVM_SET_GSI_ROUTING, table)
+
     def irqfd(self, eventfd: int, gsi: int, resamplefd: int = -1, deassign: bool = False) -> None:
         """KVM_IRQFD: writes to `eventfd` raise GSI `gsi` without a trip through userspace.
 

@@ -350,3 +350,32 @@ def test_close_with_a_live_exit_view(machine) -> None:
     vcpu.close()  # the machine may still hold exit_.data
     assert vcpu.fd.fd == -1
     vcpu.kick()  # harmless after close
+
+
+def test_irqfd_on_an_msi_route_sets_the_vector_in_the_lapic(machine) -> None:
+    """The kvm path of virtio-pci's MSI-X: an eventfd write on an MSI route's irqfd lands in the LAPIC's IRR."""
+    from xvm.bus.irq import MsiMessage
+    from xvm.machine.pci_devices import IrqfdMsiSink
+
+    _memory, vm = machine
+    vcpu = vm.create_vcpu(0)
+    lapic = vcpu.fd.get_lapic()
+    regs = bytearray(lapic.regs)
+    struct.pack_into("<I", regs, 0xF0, 0x1FF)  # SVR: APIC software-enabled (a disabled APIC drops fixed MSIs)
+    lapic.regs[:] = regs
+    vcpu.fd.set_lapic(lapic)
+    fallback = []
+
+    class Fallback:
+        def signal_msi(self, message):
+            fallback.append(message)
+
+    sink = IrqfdMsiSink(vm, Fallback())
+    try:
+        vector = 0x41
+        sink.signal_msi(MsiMessage(layout.LAPIC_START, vector))  # fixed, physical destination APIC ID 0
+        assert fallback == [] and list(sink.routes) == [layout.IOAPIC_PINS]
+        irr = struct.unpack_from("<I", bytes(vcpu.fd.get_lapic().regs), 0x200 + 0x10 * (vector // 32))[0]
+        assert irr >> (vector % 32) & 1
+    finally:
+        sink.close()
