@@ -114,7 +114,7 @@ def build(config: MachineConfig, hooks: MachineHooks) -> MachineParts:
         vm = engine.create_vm(memory, config.cpus)
         dispatcher = ExitDispatcher(pio, mmio)
         if vm.has_irqchip:
-            timing = Timing(HostClock(), lambda device: device)
+            timing = Timing(HostClock(), vm.add_timer)
         else:
             timing = _add_interrupt_controllers(config, vm, pio, mmio, dispatcher)
         uart = _add_legacy_devices(vm, pio, memory, timing, hooks)
@@ -136,8 +136,9 @@ def build(config: MachineConfig, hooks: MachineHooks) -> MachineParts:
 class Timing:
     """The clock timed devices read, and how a timed device gets its tick() calls.
 
-    On kvm the in-kernel PIT/LAPIC keep time and devices read the host clock;
-    on bt the InterruptRouter ticks timed devices from the engine's run loop.
+    On kvm the in-kernel PIT/LAPIC keep time, devices read the host clock and
+    the VM's timer thread ticks them (engines/kvm/timers.py); on bt the
+    InterruptRouter ticks timed devices from the engine's run loop.
     """
 
     clock: Clock

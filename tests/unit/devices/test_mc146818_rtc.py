@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import calendar
 
+import pytest
+
 from xvm.devices.clock import NS_PER_SEC, VirtualClock
 from xvm.devices.legacy.mc146818_rtc import Mc146818Rtc
 
@@ -185,3 +187,40 @@ def test_garbage_time_registers_do_not_crash(irq):
         cmos(rtc, index, 0xFF)
     cmos(rtc, 0x0B, 0x04)
     get_time(rtc)
+
+
+# Register A rate select -> periodic interrupts per second with the 32.768 kHz time base
+# (MC146818A datasheet table 3): rates 1 and 2 repeat rates 8 and 9.
+RATE_HZ = {1: 256, 2: 128, 3: 8192, 4: 4096, 5: 2048, 6: 1024, 7: 512, 8: 256, 9: 128, 10: 64, 11: 32,
+           12: 16, 13: 8, 14: 4, 15: 2}
+
+
+@pytest.mark.parametrize("rate", sorted(RATE_HZ))
+def test_periodic_rate_counts_per_second(irq, rate):
+    """Ticking at each deadline and acknowledging (register C) gives the datasheet's rate per second."""
+    rtc, clock = make(irq)
+    cmos(rtc, 0x0A, 0x20 | rate)
+    cmos(rtc, 0x0B, 0x02 | 0x40)  # PIE
+    start = clock.now_ns()
+    count = 0
+    while True:
+        deadline = rtc.next_deadline()
+        if deadline > start + NS_PER_SEC:
+            break
+        clock.advance_to(deadline)
+        rtc.tick(deadline)
+        assert irq.level
+        assert cmos(rtc, 0x0C) & 0xC0 == 0xC0  # IRQF | PF (UF too at a second boundary); reading clears them
+        assert not irq.level
+        count += 1
+    assert count == RATE_HZ[rate]
+
+
+def test_rate_zero_and_pie_off_have_no_periodic_deadline(irq):
+    rtc, _clock = make(irq)
+    cmos(rtc, 0x0A, 0x20)  # rate 0: periodic interrupt off
+    cmos(rtc, 0x0B, 0x02 | 0x40)
+    assert rtc.next_deadline() is None
+    cmos(rtc, 0x0A, 0x26)
+    cmos(rtc, 0x0B, 0x02)  # PIE off: PF is still flagged, but no IRQ deadline
+    assert rtc.next_deadline() is None

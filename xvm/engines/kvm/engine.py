@@ -54,6 +54,7 @@ from xvm.arch.x86.regs import (
     SpecialRegs,
 )
 from xvm.bus.irq import MsiMessage
+from xvm.devices.clock import HostClock
 from xvm.engines.base import InternalError, Interrupted, Shutdown, VcpuExit, exit_name
 from xvm.engines.kvm import abi, host, ioctls, irq_routing
 from xvm.engines.kvm.convert import (  # noqa: F401 - segment_*: part of this module's interface
@@ -66,6 +67,7 @@ from xvm.engines.kvm.convert import (  # noqa: F401 - segment_*: part of this mo
 )
 from xvm.engines.kvm.fallback import FallbackRefused, FallbackStep
 from xvm.engines.kvm.system import Kvm
+from xvm.engines.kvm.timers import DeviceTimers
 from xvm.engines.kvm.vcpu import VcpuFd
 from xvm.engines.kvm.vm import VmFd
 from xvm.errors import GuestMemoryError, KvmError
@@ -159,6 +161,8 @@ class KvmVm:
         self.cpus = cpus
         self.vcpus: list = []
         self.fd: Optional[VmFd] = None
+        #: Ticks the Python-modelled timed devices (the RTC); the PIT and LAPICs are KVM's.
+        self.timers = DeviceTimers(HostClock())
         try:
             self._setup()
         except BaseException:
@@ -218,7 +222,12 @@ class KvmVm:
     def msi_sink(self) -> KvmMsiSink:
         return KvmMsiSink(self.fd)
 
+    def add_timer(self, device: object) -> object:
+        """Tick `device` (tick/next_deadline) at its deadlines; returns the wrapper for the bus (timers.py)."""
+        return self.timers.add(device)
+
     def close(self) -> None:
+        self.timers.close()
         for vcpu in self.vcpus:
             vcpu.close()
         self.vcpus = []
