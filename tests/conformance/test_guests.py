@@ -149,6 +149,9 @@ class GuestConformance:
     def test_timer_irq(self, guest_runs) -> None:
         self.run_guest("timer_irq", guest_runs)
 
+    def test_rtc_irq(self, guest_runs) -> None:
+        self.run_guest("rtc_irq", guest_runs)
+
     def test_smp(self, guest_runs) -> None:
         self.run_guest("smp", guest_runs)
 

@@ -158,6 +158,7 @@ GUESTS: dict[str, Guest] = {
             "timer_irq",
             "pic_imr pit_counts pit_count_in_range pit_ticks pit_vector_only lapic_counts_down lapic_ticks pit_masked",
         ),
+        _guest("rtc_irq", "pic_imr reg_a ticks reg_c_irqf_pf vector_only pie_off"),
         _guest("smp", "bsp_apic_id ap_checked_in ap_apic_id ap_protected_mode_cs ap_started_in_real_mode", cpus=2),
         # A short run for the test suite; bench/pio_exits.py passes a larger count.
         _guest("pio_loop", "count", cmdline="count=1000"),

@@ -9,15 +9,10 @@
 ;   Model: kvmtool tests/pit/tick.S.
 %include "lib.inc"
 
-%define PIC1_CMD        0x20
-%define PIC1_DATA       0x21
-%define PIC2_CMD        0xA0
-%define PIC2_DATA       0xA1
-%define PIC_EOI         0x20
 %define PIT_CH0         0x40
 %define PIT_MODE        0x43
 %define PIT_DIVISOR     1193            ; 1.193182 MHz / 1193 = ~1 kHz
-%define IRQ0_VECTOR     0x20
+%define IRQ0_VECTOR     PIC_VECTOR_BASE
 %define LAPIC           0xFEE00000
 %define LAPIC_EOI       (LAPIC + 0x0B0)
 %define LAPIC_SVR       (LAPIC + 0x0F0)
@@ -43,25 +38,8 @@ main:
         mov eax, IRQ0_VECTOR + 7        ; the 8259A's spurious IRQ7: likewise
         call set_gate
 
-        ; 8259A initialisation (Intel 8259A datasheet; Linux arch/x86/kernel/i8259.c init_8259A).
-        mov al, 0x11                    ; ICW1: edge, cascade, ICW4 needed
-        out PIC1_CMD, al
-        out PIC2_CMD, al
-        mov al, IRQ0_VECTOR             ; ICW2: vector bases
-        out PIC1_DATA, al
-        mov al, IRQ0_VECTOR + 8
-        out PIC2_DATA, al
-        mov al, 0x04                    ; ICW3: slave on IRQ2
-        out PIC1_DATA, al
-        mov al, 0x02                    ; ICW3: slave identity 2
-        out PIC2_DATA, al
-        mov al, 0x01                    ; ICW4: 8086 mode
-        out PIC1_DATA, al
-        out PIC2_DATA, al
-        mov al, 0xFE                    ; unmask IRQ0 only
-        out PIC1_DATA, al
-        mov al, 0xFF
-        out PIC2_DATA, al
+        mov ax, 0xFFFE                  ; unmask IRQ0 only
+        call pic_init
         in al, PIC1_DATA
         movzx eax, al
         CHECK "timer_irq.pic_imr", eax, 0xFE
