@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -119,7 +120,8 @@ class DiskBoot:
     DATA = b"\x5a" * (1 << 20)
     SCRIPT = ("echo xvm-proof-$((6*7)) > /root/proof.txt && sync && grep ' / ' /proc/mounts;"
               " cat /sys/block/vdb/ro; dd if=/dev/zero of=/dev/vdb bs=4096 count=1 conv=fsync 2>/dev/null;"
-              " echo vdb-write-status=$?; dd if=/dev/vdb bs=4096 count=1 2>/dev/null | md5sum")
+              " echo vdb-write-status=$?; dd if=/dev/vdb bs=4096 count=1 2>/dev/null | md5sum;"
+              " grep virtio /proc/interrupts; lspci 2>&1")
 
     def __init__(self, engine: str, kernel: Path, directory: Path) -> None:
         self.engine = engine
@@ -153,6 +155,30 @@ def test_read_only_disk_cannot_be_written(disk_boot):
     assert "vdb-write-status=0" not in result.stdout, describe(result)
     assert hashlib.md5(DiskBoot.DATA[:4096]).hexdigest() in result.stdout, describe(result)
     assert disk_boot.data.read_bytes() == DiskBoot.DATA
+
+
+def test_virtio_pci_interrupts_are_msix(disk_boot):
+    """Linux's virtio_pci takes one MSI-X vector for configuration changes and one per queue."""
+    result = disk_boot.result
+    check_boot(result, disk_boot.engine, disk_root=True)
+    for name in ("input", "config", "req.0"):  # virtio-rng's queue, any device's config, virtio-blk's queue
+        assert re.search(rf"^\s*\d+:\s+\d+\s+PCI-MSI\s.*\svirtio\d+-{re.escape(name)}$", result.stdout,
+                         re.MULTILINE), describe(result)
+    # Every root-disk request completed with an MSI-X interrupt: the vda queue's count is not zero.
+    counts = re.findall(r"^\s*\d+:\s+(\d+)\s+PCI-MSI\s.*-req\.0$", result.stdout, re.MULTILINE)
+    assert counts and max(int(count) for count in counts) > 0, describe(result)
+
+
+def test_lspci_on_the_root_disk_lists_the_virtio_devices(disk_boot):
+    """`xvm images rootfs` puts Debian's lspci (and its libraries) on the disk; busybox has none."""
+    result = disk_boot.result
+    check_boot(result, disk_boot.engine, disk_root=True)
+    if "CPU ISA level is lower than required" in result.stdout:
+        pytest.xfail(f"{disk_boot.engine}: glibc refuses to run dynamically linked programs on a CPU without MMX "
+                     "(part of the x86-64 baseline), which the bt engine does not implement")
+    assert "00:00.0 Host bridge: Intel Corporation 440FX" in result.stdout, describe(result)
+    assert "Red Hat, Inc. Virtio 1.0 RNG" in result.stdout, describe(result)
+    assert result.stdout.count("Red Hat, Inc. Virtio 1.0 block device") == 2, describe(result)
 
 
 def test_sigkill_after_guest_sync_loses_nothing(kernel, tmp_path):

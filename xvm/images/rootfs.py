@@ -3,7 +3,8 @@
 The same tree as the initramfs (xvm/images/initramfs.py: its directories,
 /etc files, busybox with one symlink per applet, xvmexit and init.sh), plus
 what a disk root wants: /etc/fstab, /sbin/init pointing at /init (so the
-disk also boots without init=), and /mnt, /var, /run. e2fsprogs' `mke2fs -d`
+disk also boots without init=), /mnt, /var, /run, and Debian's lspci with
+its shared libraries (xvm/images/guest_programs.py), which busybox lacks. e2fsprogs' `mke2fs -d`
 copies a staging directory into the new filesystem without mounting
 anything; `debugfs -w` then adds the device nodes and gives every file to
 root, so no privilege is needed to build it.
@@ -22,17 +23,21 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
 from xvm.errors import ImageError
 from xvm.images.busybox import applets, fetch_busybox
+from xvm.images.guest_programs import LSPCI, GuestProgram, fetch_program, install_program
 from xvm.images.initramfs import DEBUG_EXIT_PORT, DEVICES, DIRECTORIES, ETC_FILES, INIT_SCRIPT
 from xvm.images.outb import outb_elf
 from xvm.images.progress import Progress
 
-#: Default size of the root disk in MiB: busybox is ~2 MiB, the rest is room to write.
+#: Default size of the root disk in MiB: busybox and lspci with its libraries take ~20 MiB, the rest is room to write.
 DEFAULT_SIZE_MIB = 64
+#: Debian programs every root disk has (busybox-static lacks lspci).
+DEFAULT_PROGRAMS = (LSPCI,)
 # Directories a disk root has on top of the initramfs ones.
 EXTRA_DIRECTORIES = (("mnt", 0o755), ("var", 0o755), ("run", 0o755))
 FSTAB = b"/dev/vda\t/\text4\trw,relatime\t0 1\nproc\t/proc\tproc\tdefaults\t0 0\nsysfs\t/sys\tsysfs\tdefaults\t0 0\n"
@@ -46,8 +51,8 @@ def _tool(name: str) -> str:
     return path
 
 
-def _stage(root: Path, busybox: Path) -> list[str]:
-    """Lay out the tree under `root`; return every path in it (relative) for the ownership pass."""
+def _stage(root: Path, busybox: Path, programs: Sequence[Path] = ()) -> list[str]:
+    """Lay out the tree under `root` (with the fetched program trees); return every path in it (relative)."""
     names = []
     for path, mode in DIRECTORIES + EXTRA_DIRECTORIES:
         (root / path).mkdir(mode=mode)
@@ -68,6 +73,8 @@ def _stage(root: Path, busybox: Path) -> list[str]:
         names.append(path)
     (root / "sbin/init").symlink_to("/init")
     names.append("sbin/init")
+    for tree in programs:  # before the applet links: a real program wins over a busybox applet
+        names += install_program(tree, root)
     for applet in sorted(applets(busybox)):
         target = root / applet
         if applet.count("/") and not os.path.lexists(target) and target.parent.is_dir():
@@ -92,18 +99,23 @@ def _debugfs_script(names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_rootfs(path: Path, size_mib: int = DEFAULT_SIZE_MIB, progress: Optional[Progress] = None) -> Path:
-    """Write an ext4 root disk image of `size_mib` MiB to `path` (replacing it) and return `path`."""
+def build_rootfs(path: Path, size_mib: int = DEFAULT_SIZE_MIB, progress: Optional[Progress] = None,
+                 programs: Sequence[GuestProgram] = DEFAULT_PROGRAMS) -> Path:
+    """Write an ext4 root disk image of `size_mib` MiB to `path` (replacing it) and return `path`.
+
+    `programs` are Debian programs put next to busybox, with their libraries (guest_programs.py).
+    """
     if size_mib < 8:
         raise ImageError(f"a {size_mib} MiB root disk is too small: use 8 MiB or more")
     path = Path(path)
     mke2fs, debugfs = _tool("mke2fs"), _tool("debugfs")
     busybox = fetch_busybox(progress)
+    trees = [fetch_program(program, progress) for program in programs]
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="xvm-rootfs-", dir=str(path.parent)) as tmp:
         root = Path(tmp) / "root"
         root.mkdir()
-        names = _stage(root, busybox)
+        names = _stage(root, busybox, trees)
         image = Path(tmp) / "rootfs.img"
         with open(image, "wb") as out:
             out.truncate(size_mib << 20)

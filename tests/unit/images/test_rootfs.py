@@ -28,7 +28,15 @@ def image(tmp_path, monkeypatch) -> Path:
     fake.write_bytes(b"\x7fELF stand-in busybox")
     monkeypatch.setattr(rootfs, "fetch_busybox", lambda progress=None: fake)
     monkeypatch.setattr(rootfs, "applets", lambda binary: ["bin/sh", "bin/ls", "sbin/init", "usr/bin/wget",
-                                                           "linuxrc", "nodir/x"])
+                                                           "usr/bin/lspci", "linuxrc", "nodir/x"])
+    tree = tmp_path / "programs" / "lspci"  # what guest_programs.fetch_program caches
+    (tree / "usr/bin").mkdir(parents=True)
+    (tree / "usr/bin/lspci").write_bytes(b"\x7fELF stand-in lspci")
+    (tree / "lib/x86_64-linux-gnu").mkdir(parents=True)
+    (tree / "lib/x86_64-linux-gnu/libpci.so.3.9.0").write_bytes(b"\x7fELF stand-in libpci")
+    (tree / "lib/x86_64-linux-gnu/libpci.so.3").symlink_to("libpci.so.3.9.0")
+    (tree / ".packages").write_text("pciutils 1:3.9.0-4\n")
+    monkeypatch.setattr(rootfs, "fetch_program", lambda program, progress=None: tree)
     return rootfs.build_rootfs(tmp_path / "out" / "rootfs.img", size_mib=16)
 
 
@@ -55,6 +63,13 @@ def test_etc_dev_and_ownership(image):
     for path in ("/", "/init", "/bin/busybox", "/etc/passwd", "/bin/sh"):
         stat = debugfs(image, f"stat {path}")
         assert "User:     0   Group:     0" in stat, (path, stat)
+
+
+def test_debian_programs_and_their_libraries(image):
+    assert debugfs(image, "cat /usr/bin/lspci") == "\x7fELF stand-in lspci"  # not the applet link
+    assert "libpci.so.3.9.0" in debugfs(image, "stat /lib/x86_64-linux-gnu/libpci.so.3")  # links stay links
+    assert "User:     0   Group:     0" in debugfs(image, "stat /lib/x86_64-linux-gnu/libpci.so.3.9.0")
+    assert ".packages" not in debugfs(image, "ls /")
 
 
 def test_too_small_is_refused(tmp_path):
