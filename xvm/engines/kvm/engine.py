@@ -31,7 +31,9 @@ from typing import Optional
 from xvm.arch.x86 import cpuid as cpuid_table
 from xvm.arch.x86 import layout, msr
 from xvm.arch.x86.regs import (
+    CR0_MP,
     CR0_PE,
+    CR0_TS,
     RFLAGS_AC,
     RFLAGS_AF,
     RFLAGS_CF,
@@ -90,6 +92,9 @@ FPU_FCW = 0x37F
 FPU_MXCSR = 0x1F80
 
 OPCODE_IRET = 0xCF
+OPCODE_FWAIT = 0x9B
+#: x87 status word: error summary, set while an unmasked x87 exception is pending (SDM Vol. 1 8.1.3).
+FSW_ES = 0x80
 #: RFLAGS bits a 32-bit IRET loads from the stack at CPL 0 (SDM Vol. 2A, IRET operation).
 _IRET_FLAGS = (
     RFLAGS_CF | RFLAGS_PF | RFLAGS_AF | RFLAGS_ZF | RFLAGS_SF | RFLAGS_TF | RFLAGS_IF | RFLAGS_DF | RFLAGS_OF
@@ -380,16 +385,18 @@ class KvmVcpu:
         Returns (stats key, None) when the guest may simply be re-entered,
         ("", Shutdown) when delivering the instruction's fault triple-faulted,
         or ("", InternalError) naming the instruction bytes, RIP and why.
-        INT3 and FWAIT need no cases of their own: bt delivers #BP through the
-        guest's IDT (the frame KVM's injection would build) and checks FWAIT's
-        #NM. A same-segment IRETD keeps its fast path (_iret32); bt performs
-        every other kind of IRET.
+        INT3 needs no case of its own: bt delivers #BP through the guest's IDT
+        (the frame KVM's injection would build). A same-segment IRETD and an
+        FWAIT with nothing pending keep fast paths (_iret32, _fwait); bt
+        performs every other kind of IRET and the faulting FWAITs.
         """
         regs = self.fd.get_regs()
         sregs = self.fd.get_sregs()
         code = self._read_linear((sregs.cs.base + regs.rip) & 0xFFFFFFFFFFFFFFFF, MAX_INSTRUCTION_LENGTH)
         if code[:1] == bytes((OPCODE_IRET,)) and self._iret32(regs, sregs):
             return "pvm_iret32", None
+        if code[:1] == bytes((OPCODE_FWAIT,)) and self._fwait(regs, sregs):
+            return "pvm_fwait", None
         step = FallbackStep.load(self.fd)
         try:
             if not step.execute(self.vm.memory):
@@ -446,6 +453,30 @@ class KvmVcpu:
         events.nmi.masked = 0
         events.flags = 0
         self.fd.set_vcpu_events(events)
+        return True
+
+    def _fwait(self, regs: abi.kvm_regs, sregs: abi.kvm_sregs) -> bool:
+        """Step over an FWAIT that has nothing to report (SDM Vol. 2B WAIT/FWAIT).
+
+        FWAIT faults only with CR0.MP and CR0.TS both set (#NM) or while an
+        unmasked x87 exception is pending (FSW.ES: #MF); otherwise it does
+        nothing. Linux executes one in fpu__drop() on every process exit, which
+        PVM's emulator cannot run: skipping it here touches only RIP
+        (KVM_SET_REGS), where the general fallback would rewrite segments,
+        MSRs and XSAVE state for a no-op. Faulting cases, and single-stepping
+        (TF), go to the fallback.
+        """
+        if sregs.cr0 & (CR0_MP | CR0_TS) == CR0_MP | CR0_TS or regs.rflags & RFLAGS_TF:
+            return False
+        fsw = int.from_bytes(self.fd.get_xsave()[2:4], "little")  # FXSAVE image: FCW, then FSW
+        if fsw & FSW_ES:
+            return False
+        if sregs.cs.l:
+            regs.rip += 1
+        else:
+            # IP/EIP wraps within the code segment's operand size.
+            regs.rip = (regs.rip + 1) & (0xFFFFFFFF if sregs.cs.db else 0xFFFF)
+        self.fd.set_regs(regs)
         return True
 
     def _read_linear(self, linear: int, length: int) -> bytes:

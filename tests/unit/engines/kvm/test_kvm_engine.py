@@ -116,12 +116,35 @@ def test_int3_is_delivered_through_the_guest_ivt() -> None:
     assert vcpu.stats == {"pvm_fallback_int3": 1, "IoOut": 1}
 
 
-def test_fwait_runs_in_the_fallback() -> None:
+def test_fwait_with_nothing_pending_only_moves_rip() -> None:
     vcpu = _vcpu(b"\x9b\x90", [InternalError(EMULATION), OUT])
+    vcpu.fd.sregs.cr0 |= 0x8  # TS without MP: FWAIT does not fault (SDM Vol. 2B WAIT/FWAIT)
+    sregs, xsave = bytes(vcpu.fd.sregs), vcpu.fd.xsave
     assert vcpu.run() is OUT
     assert vcpu.fd.regs.rip == 0x1001
+    assert (bytes(vcpu.fd.sregs), vcpu.fd.xsave) == (sregs, xsave)
     assert vcpu.fd.events.exception.injected == 0
-    assert vcpu.stats["pvm_fallback_wait"] == 1
+    assert vcpu.stats == {"pvm_fwait": 1, "IoOut": 1}
+
+
+def test_fwait_that_faults_goes_to_the_fallback() -> None:
+    # CR0.MP and TS: #NM through the IVT, from the fallback, not the fast path.
+    vcpu = _vcpu(b"\x9b\x90", [InternalError(EMULATION), OUT])
+    vcpu.fd.sregs.cr0 |= 0xA
+    vcpu.vm.memory.write(7 * 4, struct.pack("<HH", 0x3000, 0x0000))  # IVT[7] = 0000:3000
+    vcpu.fd.regs.rsp = 0x2000
+    assert vcpu.run() is OUT
+    assert vcpu.fd.regs.rip == 0x3000
+    assert vcpu.stats == {"pvm_fallback_wait": 1, "IoOut": 1}
+
+
+def test_fwait_with_a_pending_x87_exception_goes_to_the_fallback() -> None:
+    vcpu = _vcpu(b"\x9b\x90", [InternalError(EMULATION), OUT])
+    xsave = bytearray(vcpu.fd.xsave)
+    xsave[2:4] = (0x81).to_bytes(2, "little")  # FSW: ES | IE, as after an unmasked invalid operation
+    vcpu.fd.xsave = bytes(xsave)
+    vcpu.run()
+    assert "pvm_fwait" not in vcpu.stats and "pvm_fallback_wait" in vcpu.stats
 
 
 def test_sti_sets_the_interrupt_shadow() -> None:
