@@ -173,7 +173,9 @@ def _stderr_line(line: str) -> None:
 
 def _with_engine_hints(config: MachineConfig, vm: VmBackend) -> MachineConfig:
     """Append what the engine needs on a Linux command line (e.g. CPUID masking on PVM hosts)."""
-    hints = getattr(vm, "linux_cmdline_hints", lambda: "")()
+    given = {word.split("=", 1)[0] for word in config.boot.cmdline.split()}
+    hints = " ".join(word for word in getattr(vm, "linux_cmdline_hints", lambda: "")().split()
+                     if word.split("=", 1)[0] not in given)  # the user's own value wins
     if not hints or config.boot.kernel is None:
         return config
     with open(config.boot.kernel, "rb") as kernel:

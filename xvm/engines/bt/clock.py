@@ -45,6 +45,8 @@ NS_PER_INSTRUCTION = 1
 #: tell a slower PAUSE from a busier machine.
 PAUSE_NS = 200
 CLOCK_MODES = ("virtual", "host")
+#: The TSC's rate: it counts retired instructions (and the time skipped), one tick per virtual nanosecond.
+TSC_HZ = 1_000_000_000 // NS_PER_INSTRUCTION
 
 
 class BtClock:

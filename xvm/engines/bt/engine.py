@@ -31,7 +31,8 @@ machine's exit dispatcher in the middle of the instruction.
 Time (clock.py) is the boot vCPU's instruction count unless `--clock host`:
 HLT skips to the next deadline and PAUSE costs PAUSE_NS, the TSC following
 both. Application processors start in wait-for-SIPI and run on their own
-threads (the GIL serializes them; SMP runs are not deterministic).
+threads, taking turns of a slice each (turns.py; SMP runs are not
+deterministic).
 
     vm = BtEngine().create_vm(memory, cpus=1)
     vm.connect(dispatcher.serve_io, router, router.irq_line, router, router)
@@ -62,7 +63,7 @@ from xvm.engines.base import (
     VcpuExit,
 )
 from xvm.engines.bt import interrupts
-from xvm.engines.bt.clock import CLOCK_MODES, NS_PER_INSTRUCTION, PAUSE_NS, BtClock
+from xvm.engines.bt.clock import CLOCK_MODES, NS_PER_INSTRUCTION, PAUSE_NS, TSC_HZ, BtClock
 from xvm.engines.bt.cpu import execute_one
 from xvm.engines.bt.faults import NMI, GuestFault, TripleFault
 from xvm.engines.bt.mmu.softmmu import Mmu
@@ -71,6 +72,7 @@ from xvm.engines.bt.state import CS, CpuState
 from xvm.engines.bt.stats import BtStats
 from xvm.engines.bt.trace import trace_line
 from xvm.engines.bt.translate.cache import BlockCache
+from xvm.engines.bt.turns import SLICE_INSTRUCTIONS, Turns
 from xvm.errors import ConfigError, XvmError
 from xvm.memory import GuestMemory
 
@@ -178,6 +180,8 @@ class BtVm:
         self._timers: Optional[Timers] = None
         self._trace: Optional[Callable[[str], None]] = None
         self.vcpus: list = []
+        #: With several vCPUs, whose turn it is to run guest code (turns.py).
+        self.turns: Optional[Turns] = Turns() if cpus > 1 else None
 
     def connect(self, io: IoHandler, interrupts: InterruptSource, irq_lines: Callable[[int], IrqLine],
                 msi: MsiSink, timers: Timers, clock_mode: str = "virtual",
@@ -196,6 +200,18 @@ class BtVm:
         self._timers = timers
         self._trace = trace
         self._clock.use_host_time(clock_mode == "host")
+
+    def linux_cmdline_hints(self) -> str:
+        """`lpj=` for a Linux guest with several vCPUs, so no CPU calibrates its delay loop against jiffies.
+
+        Linux skips that calibration on application processors only when its
+        vendor code marks the TSC constant (it does not know this CPU's vendor)
+        or lpj= gives the value. In virtual time jiffies move at one vCPU's
+        instruction rate, so each calibration would take minutes. The TSC runs
+        at TSC_HZ; lpj is that over the kernel's HZ, taken as 100, the lowest
+        common one (a kernel with a larger HZ gets longer delays, never shorter).
+        """
+        return f"lpj={TSC_HZ // 100}" if self.cpus > 1 else ""
 
     def clock(self) -> BtClock:
         """The clock devices must use: virtual (instruction count) or host time, as connect() chose."""
@@ -268,6 +284,8 @@ class BtVcpu:
         self.cache = BlockCache(self.cpu, self.mmu, self.io, self.counters)
         self._kicked = False
         self._wake = threading.Event()
+        #: Instruction count when this vCPU's current turn began (VMs with several vCPUs: turns.py).
+        self._turn_began = 0
         #: (paddr, length) of RAM written by others, applied at the next poll (deque: thread-safe).
         self._dma_writes: deque = deque()
         #: Instruction count at which the next boundary check (timers, interrupts, kick) is due.
@@ -341,6 +359,10 @@ class BtVcpu:
         bind_cpu = getattr(self._interrupts, "bind_cpu", None)
         if bind_cpu is not None:
             bind_cpu(self.index)  # LAPIC MMIO from this thread reaches this vCPU's LAPIC
+        turns = self.vm.turns
+        if turns is not None:
+            turns.take(self.index)
+            self._turn_began = cpu.icount
         start_ns = time.perf_counter_ns()
         start_icount = cpu.icount
         try:
@@ -348,6 +370,8 @@ class BtVcpu:
         finally:
             counters.run_ns += time.perf_counter_ns() - start_ns
             counters.run_instructions += cpu.icount - start_icount
+            if turns is not None:
+                turns.give(self.index)
 
     def _run(self) -> VcpuExit:
         if self._waiting_for_sipi:
@@ -410,6 +434,10 @@ class BtVcpu:
             self._kicked = False
             self._wake.clear()
             return Interrupted()
+        turns = self.vm.turns
+        if turns is not None and cpu.icount - self._turn_began >= SLICE_INSTRUCTIONS and turns.others_waiting():
+            turns.hand_over(self.index)
+            self._turn_began = cpu.icount
         dma_writes = self._dma_writes
         while dma_writes:
             self.mmu.physical_written(*dma_writes.popleft())
@@ -461,8 +489,18 @@ class BtVcpu:
             if vector is not None:
                 self._reset(sipi_vector=vector)
                 return None
-            self._wake.wait(IDLE_WAIT_S)
-            self._wake.clear()
+            self._sleep(IDLE_WAIT_S)
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait up to `seconds` for a wake-up (a kick stays visible through _kicked), other vCPUs running."""
+        turns = self.vm.turns
+        if turns is not None:
+            turns.give(self.index)
+        self._wake.wait(seconds)
+        self._wake.clear()
+        if turns is not None:
+            turns.take(self.index)
+            self._turn_began = self.cpu.icount
 
     def _reset(self, sipi_vector: Optional[int] = None) -> None:
         """INIT: the power-on register state (SDM Vol. 3 Table 10-1), keeping the instruction count and APIC.
@@ -538,8 +576,7 @@ class BtVcpu:
         if not cpu.rflags & RFLAGS_IF:
             if self.vm.cpus == 1:
                 return Hlt()
-            self._wake.wait(IDLE_WAIT_S)
-            self._wake.clear()
+            self._sleep(IDLE_WAIT_S)
             self._poll_at = 0
             return None
         if self._interrupts.pending(self.index):
@@ -555,7 +592,6 @@ class BtVcpu:
             wait = IDLE_WAIT_S
             if deadline is not None:
                 wait = min(wait, max(0, deadline - clock.now_ns()) / 1e9)
-            self._wake.wait(wait)
-            self._wake.clear()  # a kick stays visible through _kicked
+            self._sleep(wait)
         self._poll_at = 0
         return None

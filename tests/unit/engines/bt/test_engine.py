@@ -556,3 +556,13 @@ def test_each_vcpu_has_its_apic_id_and_apic_base_reaches_its_lapic():
     finally:
         vm.close()
         memory.close()
+
+
+def test_smp_linux_gets_lpj_so_application_processors_skip_calibration():
+    memory = GuestMemory.allocate(RAM)
+    try:
+        assert BtEngine().create_vm(memory, 1).linux_cmdline_hints() == ""
+        # The TSC counts one tick per virtual ns: 1 GHz, so lpj = 1e9 / HZ with HZ taken as 100.
+        assert BtEngine().create_vm(memory, 2).linux_cmdline_hints() == "lpj=10000000"
+    finally:
+        memory.close()
