@@ -18,7 +18,8 @@ mkdir -p /proc /sys /dev /tmp
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 # On a disk root the kernel has mounted devtmpfs already (CONFIG_DEVTMPFS_MOUNT).
-mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
+# (grep, not mountpoint: Debian's busybox-static has no mountpoint applet.)
+grep -q "^devtmpfs /dev " /proc/mounts || mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 hostname xvm
 cd /root
