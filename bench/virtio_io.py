@@ -1,17 +1,28 @@
 """virtio-blk and virtio-net throughput: xvm against QEMU on the same kernel, disk and acceleration.
 
 Both VMMs boot the default guest kernel with root on a fresh ext4 image
-(xvm/images/rootfs.py) and a raw scratch disk as vdb, on virtio-blk-pci and
-virtio-net-pci, each on its own TAP in a network namespace this script makes
-(so it needs root). The guest then measures, with busybox only:
+(xvm/images/rootfs.py, with Debian's ioping added) and a raw scratch disk
+as vdb, on virtio-blk-pci and virtio-net-pci, each on
+its own TAP in a network namespace this script makes (so it needs root).
+The guest then measures:
 
-* sequential write and read of the scratch disk, `dd bs=1M oflag/iflag=direct`
-  (dd reports MB/s);
-* 4 KiB O_DIRECT reads at queue depth 1 (`dd bs=4k iflag=direct`): requests
-  per second; sequential offsets, as there is no fio in the image, so it is a
-  latency figure, not random IOPS;
+* sequential write and read of the scratch disk, `dd bs=1M oflag/iflag=direct`,
+  timed by busybox `time` (10 ms resolution: keep --size large enough);
+* 4 KiB random reads, O_DIRECT, queue depth 1 over the whole scratch disk,
+  in IOPS: `ioping -R -D` (--random ioping, the default on kvm), or one
+  busybox `dd bs=4k count=1 skip=$RANDOM... iflag=direct` per request
+  (--random dd, the default on bt: the bt engine lacks MMX, without which
+  glibc runs no dynamically linked program, so ioping cannot run there; each
+  request then also costs a fork and exec in the guest, so this figure
+  measures the guest CPU as much as the disk);
 * guest-to-host network throughput: `wget` of a file from an HTTP server in
-  the namespace, timed by the guest.
+  the namespace, timed the same way (the guest receives; "guest->host" in
+  the sense of the guest fetching from the host over virtio-net and the TAP).
+
+Both disks use cache=writeback on both VMMs (host page cache, the guest's
+FLUSH is fsync): the guest's O_DIRECT keeps its own cache out, so the figures
+are the VMMs' costs, not the host disk's. (xvm's cache=none is O_DSYNC, which
+is QEMU's cache=writethrough, not QEMU's O_DIRECT cache=none.)
 
 bt runs against `qemu -accel tcg`, kvm against `-enable-kvm`. The guest
 clock must be real for the figures to mean anything, so xvm runs with
@@ -19,7 +30,8 @@ clock must be real for the figures to mean anything, so xvm runs with
 
     sudo python bench/virtio_io.py --engine bt [--size 64] [--net-size 32]
 
-Prints each figure for both VMMs and the ratio xvm/QEMU.
+Prints each figure for both VMMs and the ratio xvm/QEMU; a VMM that did not
+boot or finish shows no figures, and the end of its output goes to stderr.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xvm.images import command_cmdline, default_guest  # noqa: E402
+from xvm.images.guest_programs import IOPING, LSPCI  # noqa: E402
 from xvm.images.rootfs import build_rootfs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,35 +58,51 @@ NETNS = f"xvmbench{os.getpid()}"
 HOST_IP, GUEST_IP = "198.51.100.1", "198.51.100.2"
 HTTP_PORT = 8080
 APPEND = "root=/dev/vda rw console=ttyS0 panic=-1 reboot=t init=/init"
+UNITS = {"write": "MB/s", "read": "MB/s", "randread": "IOPS", "net": "MB/s"}
 
 
-def guest_script(size_mib: int, net_mib: int) -> str:
+def random_reads(method: str, size_mib: int, amount: int) -> str:
+    """The guest command of the random-read test: `amount` seconds of ioping, or `amount` dd runs."""
+    if method == "ioping":
+        return f"ioping -B -R -D -s 4k -S {size_mib}M -w {amount} /dev/vdb | sed 's/^/BENCH randread /'"
+    blocks = size_mib * 256
+    loop = (
+        f"i=0; while [ $i -lt {amount} ]; do dd if=/dev/vdb of=/dev/null bs=4k count=1"
+        f" skip=$(( (RANDOM * 32768 + RANDOM) % {blocks} )) iflag=direct 2>/dev/null; i=$((i + 1)); done"
+    )
+    return f"busybox time -f 'BENCH randread-dd {amount} %e' sh -c '{loop}' 2>&1 | grep BENCH"
+
+
+def guest_script(size_mib: int, net_mib: int, random_method: str, random_amount: int) -> str:
     """What the guest runs; every figure is printed on a line starting with BENCH."""
-    return "; ".join([
-        f"dd if=/dev/zero of=/dev/vdb bs=1M count={size_mib} oflag=direct 2>&1 | tail -1 | sed 's/^/BENCH write /'",
-        f"dd if=/dev/vdb of=/dev/null bs=1M count={size_mib} iflag=direct 2>&1 | tail -1 | sed 's/^/BENCH read /'",
-        f"dd if=/dev/vdb of=/dev/null bs=4k count={size_mib * 64} iflag=direct 2>&1 | tail -1"
-        " | sed 's/^/BENCH qd1 /'",
-        f"ip link set eth0 up; ip addr add {GUEST_IP}/24 dev eth0; ping -c 1 -W 5 {HOST_IP} >/dev/null",
-        "t0=$(date +%s%N)",
-        f"wget -q -O /dev/null http://{HOST_IP}:{HTTP_PORT}/blob",
-        "t1=$(date +%s%N)",
-        f"echo BENCH net {net_mib} MiB $(( (t1 - t0) / 1000000 )) ms",
-    ])
+    timed = "busybox time -f 'BENCH {kind} %e'"
+    return "; ".join(
+        [
+            f"{timed.format(kind='write')} dd if=/dev/zero of=/dev/vdb bs=1M count={size_mib} oflag=direct 2>&1"
+            " | grep BENCH",
+            f"{timed.format(kind='read')} dd if=/dev/vdb of=/dev/null bs=1M count={size_mib} iflag=direct 2>&1"
+            " | grep BENCH",
+            random_reads(random_method, size_mib, random_amount),
+            f"ip link set eth0 up; ip addr add {GUEST_IP}/24 dev eth0; ping -c 1 -W 5 {HOST_IP} >/dev/null",
+            f"{timed.format(kind='net')} wget -q -O /dev/null http://{HOST_IP}:{HTTP_PORT}/blob 2>&1 | grep BENCH",
+        ]
+    )
 
 
-def parse(output: str) -> dict:
-    """Figures from the BENCH lines: MB/s for write/read/net, requests/s for qd1."""
+def parse(output: str, size_mib: int, net_mib: int) -> dict:
+    """Figures from the BENCH lines: MB/s for write/read/net, IOPS for randread."""
     figures = {}
-    for kind in ("write", "read", "qd1"):
-        match = re.search(rf"BENCH {kind} (\d+) bytes .*copied, ([\d.]+) seconds", output)
-        if match:
-            nbytes, seconds = int(match.group(1)), float(match.group(2))
-            if seconds > 0:
-                figures[kind] = nbytes / 4096 / seconds if kind == "qd1" else nbytes / 1e6 / seconds
-    match = re.search(r"BENCH net (\d+) MiB (\d+) ms", output)
-    if match and int(match.group(2)) > 0:
-        figures["net"] = int(match.group(1)) * 1.048576 / (int(match.group(2)) / 1000)
+    for kind, mib in (("write", size_mib), ("read", size_mib), ("net", net_mib)):
+        match = re.search(rf"^BENCH {kind} ([\d.]+)\s*$", output, re.MULTILINE)
+        if match and float(match.group(1)) > 0:
+            figures[kind] = mib * 1.048576 / float(match.group(1))
+    # ioping -B: requests, time (ns), iops, bytes/s, min, avg, max, mdev (ns), ...
+    match = re.search(r"^BENCH randread \d+ \d+ (\d+) ", output, re.MULTILINE)
+    if match:
+        figures["randread"] = float(match.group(1))
+    match = re.search(r"^BENCH randread-dd (\d+) ([\d.]+)\s*$", output, re.MULTILINE)
+    if match and float(match.group(2)) > 0:
+        figures["randread"] = int(match.group(1)) / float(match.group(2))
     return figures
 
 
@@ -91,39 +120,45 @@ def make_tap(name: str) -> None:
     sh(*in_ns("ip", "link", "set", name, "up"))
 
 
-def run_xvm(engine: str, kernel: Path, root: Path, scratch: Path, script: str, timeout: float) -> str:
-    python = shutil.which("pypy3") if engine == "bt" else sys.executable
-    make_tap("xvmb0")
+def run_vm(tap: str, command: list, timeout: float) -> str:
+    """Run one VMM on its own TAP; its console output, also when it had to be killed at `timeout`."""
+    make_tap(tap)
     try:
-        command = in_ns(python or sys.executable, "-m", "xvm", "run", "--engine", engine, "--clock", "host",
-                        "--timeout", str(timeout), "--kernel", str(kernel), "--disk", str(root),
-                        "--disk", f"{scratch},cache=none", "--net", "tap=xvmb0", "--append", APPEND,
-                        "--", "sh", "-c", script)
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        return subprocess.run(command, capture_output=True, text=True, errors="replace", env=env,
-                              timeout=timeout + 60).stdout
+        try:
+            return subprocess.run(
+                in_ns(*command), capture_output=True, text=True, errors="replace", env=env, timeout=timeout
+            ).stdout
+        except subprocess.TimeoutExpired as expired:
+            partial = expired.stdout or b""
+            text = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+            return f"{text}\n[killed after {timeout:g} s]"
     finally:
-        subprocess.run(in_ns("ip", "link", "del", "xvmb0"), check=False)
+        subprocess.run(in_ns("ip", "link", "del", tap), check=False)
 
 
-def run_qemu(engine: str, kernel: Path, root: Path, scratch: Path, script: str, timeout: float) -> str:
-    make_tap("qemub0")
+def xvm_command(engine: str, kernel: Path, root: Path, scratch: Path, script: str, timeout: float) -> list:
+    python = (shutil.which("pypy3") if engine == "bt" else None) or sys.executable
+    return [
+        python, "-m", "xvm", "run", "--engine", engine, "--clock", "host", "--timeout", str(timeout),
+        "--kernel", str(kernel), "--disk", str(root), "--disk", f"{scratch},cache=writeback",
+        "--net", "tap=xvmb0", "--append", APPEND, "--", "sh", "-c", script,
+    ]  # fmt: skip
+
+
+def qemu_command(engine: str, kernel: Path, root: Path, scratch: Path, script: str, timeout: float) -> list:
     accel = ["-enable-kvm", "-cpu", "host"] if engine == "kvm" else ["-accel", "tcg"]
-    try:
-        command = in_ns(
-            "qemu-system-x86_64", *accel, "-M", "pc", "-m", "256", "-nodefaults", "-display", "none",
-            "-serial", "stdio", "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
-            "-kernel", str(kernel), "-append", f"{APPEND} {command_cmdline(['sh', '-c', script])}",
-            "-drive", f"file={root},if=none,id=root,format=raw,cache=writeback",
-            "-device", "virtio-blk-pci,drive=root",
-            "-drive", f"file={scratch},if=none,id=scratch,format=raw,cache=none",
-            "-device", "virtio-blk-pci,drive=scratch",
-            "-netdev", "tap,id=net0,ifname=qemub0,script=no,downscript=no,vhost=off",
-            "-device", "virtio-net-pci,netdev=net0",
-        )
-        return subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=timeout).stdout
-    finally:
-        subprocess.run(in_ns("ip", "link", "del", "qemub0"), check=False)
+    return [
+        "qemu-system-x86_64", *accel, "-M", "pc", "-m", "256", "-nodefaults", "-display", "none",
+        "-serial", "stdio", "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+        "-kernel", str(kernel), "-append", f"{APPEND} {command_cmdline(['sh', '-c', script])}",
+        "-drive", f"file={root},if=none,id=root,format=raw,cache=writeback",
+        "-device", "virtio-blk-pci,drive=root",
+        "-drive", f"file={scratch},if=none,id=scratch,format=raw,cache=writeback",
+        "-device", "virtio-blk-pci,drive=scratch",
+        "-netdev", "tap,id=net0,ifname=qemub0,script=no,downscript=no,vhost=off",
+        "-device", "virtio-net-pci,netdev=net0",
+    ]  # fmt: skip
 
 
 def main() -> int:
@@ -131,47 +166,66 @@ def main() -> int:
     parser.add_argument("--engine", choices=("bt", "kvm"), default="kvm")
     parser.add_argument("--size", type=int, default=64, help="MiB moved by each disk test (default 64)")
     parser.add_argument("--net-size", type=int, default=32, help="MiB downloaded by the network test")
+    parser.add_argument(
+        "--random",
+        choices=("ioping", "dd"),
+        help="random-read method (default: ioping on kvm, dd on bt, where glibc programs do not run)",
+    )
+    parser.add_argument("--random-amount", type=int, help="seconds of ioping (default 5) or dd requests (default 200)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per VM run")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        print("virtio_io: needs root (network namespace and TAP devices)", file=sys.stderr)
+        print("virtio_io: needs root (network namespace and TAP devices): run it with sudo", file=sys.stderr)
         return 2
     kernel = default_guest(build=True).kernel
-    script = guest_script(args.size, args.net_size)
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="xvm-bench-") as tmp:
+    method = args.random or ("dd" if args.engine == "bt" else "ioping")
+    amount = args.random_amount or (5 if method == "ioping" else 200)
+    script = guest_script(args.size, args.net_size, method, amount)
+    results: dict = {}
+    seconds: dict = {}
+    with tempfile.TemporaryDirectory(prefix="xvm-bench-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         (work / "www").mkdir()
         with open(work / "www" / "blob", "wb") as blob:
             blob.truncate(args.net_size << 20)
         sh("ip", "netns", "add", NETNS)
-        server = subprocess.Popen(in_ns(sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", HOST_IP,
-                                        "--directory", str(work / "www")),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            in_ns(sys.executable, "-m", "http.server", str(HTTP_PORT), "--directory", str(work / "www")),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             sh(*in_ns("ip", "link", "set", "lo", "up"))
-            for name, runner in (("qemu", run_qemu), ("xvm", run_xvm)):
-                root = build_rootfs(work / f"{name}-root.img", size_mib=64)
+            for name, tap, build in (("qemu", "qemub0", qemu_command), ("xvm", "xvmb0", xvm_command)):
+                root = build_rootfs(work / f"{name}-root.img", programs=(LSPCI, IOPING))
                 scratch = work / f"{name}-scratch.img"
                 with open(scratch, "wb") as disk:
                     disk.truncate(args.size << 20)
                 started = time.monotonic()
-                output = runner(args.engine, kernel, root, scratch, script, args.timeout)
-                results[name] = parse(output)
-                print(f"{name}: {time.monotonic() - started:.0f} s, {results[name]}", file=sys.stderr)
-                if not results[name]:
-                    print(f"{name}: no figures; the end of its output:\n{output[-2000:]}", file=sys.stderr)
+                output = run_vm(tap, build(args.engine, kernel, root, scratch, script, args.timeout), args.timeout + 60)
+                seconds[name] = time.monotonic() - started
+                results[name] = parse(output, args.size, args.net_size)
+                if len(results[name]) < len(UNITS):
+                    print(f"{name}: figures missing; the end of its output:\n{output[-3000:]}", file=sys.stderr)
         finally:
             server.terminate()
             server.wait(10)
             subprocess.run(["ip", "netns", "del", NETNS], check=False)
-    units = {"write": "MB/s", "read": "MB/s", "qd1": "req/s", "net": "MB/s"}
-    print(f"virtio I/O, engine {args.engine} (QEMU: {'-enable-kvm' if args.engine == 'kvm' else 'tcg'})")
-    print(f"{'test':<8}{'xvm':>12}{'qemu':>12}{'xvm/qemu':>10}")
-    for key, unit in units.items():
-        ours, theirs = results.get("xvm", {}).get(key), results.get("qemu", {}).get(key)
+    qemu_accel = "-enable-kvm" if args.engine == "kvm" else "-accel tcg"
+    print(
+        f"virtio I/O, xvm --engine {args.engine} vs QEMU {qemu_accel}; disk {args.size} MiB, net {args.net_size} MiB,"
+        f" random reads by {method}"
+    )
+    print(f"{'test':<10}{'xvm':>14}{'qemu':>14}{'xvm/qemu':>10}")
+    for key, unit in UNITS.items():
+        ours, theirs = results["xvm"].get(key), results["qemu"].get(key)
         ratio = f"{ours / theirs:.2f}" if ours and theirs else "-"
-        print(f"{key:<8}{ours or 0:>9.1f} {unit:<3}{theirs or 0:>8.1f} {unit:<3}{ratio:>8}")
+        mine = f"{ours:.1f} {unit}" if ours else "-"
+        peer = f"{theirs:.1f} {unit}" if theirs else "-"
+        print(f"{key:<10}{mine:>14}{peer:>14}{ratio:>10}")
+    for name in ("xvm", "qemu"):
+        note = "" if results[name] else "  (no figures: did not boot or finish, see stderr)"
+        print(f"{name} run: {seconds[name]:.0f} s wall{note}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -248,7 +249,11 @@ def test_without_preadv_pwritev_as_on_pypy(monkeypatch, tmp_path, memory):
     try:
         memory.write(0x1000, b"a" * 512)
         memory.write(0x2000, b"b" * 512)
+        writes = []
+        pwrite = os.pwrite
+        monkeypatch.setattr(block_file.os, "pwrite", lambda fd, data, at: writes.append(at) or pwrite(fd, data, at))
         backend.write_from(512, [memory.view(0x1000, 512), memory.view(0x2000, 512)])
+        assert writes == [512]  # one write(2) per request: with O_DSYNC each one waits for the disk
         backend.read_into(0, [memory.view(0x3000, 1024), memory.view(0x4000, 1024)])
         assert memory.read(0x3000, 1024) == bytes(512) + b"a" * 512
         assert memory.read(0x4000, 1024) == b"b" * 512 + bytes(512)
