@@ -48,7 +48,6 @@ _MNEMONIC_ALIASES = {"fwait": "wait", "r8l": "r8b", "fstsw": "fnstsw"}
 #: Table mnemonics (all size alternatives): an iced instruction with one of these must decode here too.
 TABLE_MNEMONICS = {m for d in OPDEFS for m in d.mnemonics}
 #: Forms iced accepts that share a mnemonic with the table but are deliberately not implemented.
-#: (MMX forms of SSE2 mnemonics are recognised by their MM registers; see `_uses_mmx`.)
 UNIMPLEMENTED_FORMS = {
     "cmpsd": "SSE2 CMPSD xmm (F2 0F C2); the string CMPSD is implemented",
 }
@@ -116,12 +115,6 @@ def _mine(ins, ops: list[tuple], bits: int) -> list[tuple]:
     return out
 
 
-def _uses_mmx(ins) -> bool:
-    """MMX forms (MM0-MM7 operands) are not implemented: no MMX state, CPUID does not advertise MMX."""
-    return any(ins.op_kind(i) == _K.REGISTER and _REG_NAMES[ins.op_register(i)].startswith("mm")
-               for i in range(ins.op_count))
-
-
 def compare(data: bytes, bits: int) -> Optional[str]:
     """None when both decoders agree on `data`, else a description of the disagreement."""
     ip = _IP[bits]
@@ -131,8 +124,7 @@ def compare(data: bytes, bits: int) -> Optional[str]:
     try:
         ins = decode(data, bits)
     except GuestFault as fault:
-        if (not ref_valid or ref_name not in TABLE_MNEMONICS or ref_name in UNIMPLEMENTED_FORMS
-                or _uses_mmx(ref)):
+        if not ref_valid or ref_name not in TABLE_MNEMONICS or ref_name in UNIMPLEMENTED_FORMS:
             return None
         return f"table #{fault.vector} but iced decodes {ref_name} (len {ref.len})"
     except NeedMoreBytes:

@@ -151,7 +151,9 @@ GUESTS: dict[str, Guest] = {
         _guest(
             "sse",
             "paddd_lane0 paddd_lane3 pshufd_movd pcmpeqb_pmovmskb scalar_double cvt_sqrt fxsave_fcw fxsave_mxcsr"
-            " fxsave_xmm0 fxrstor_xmm0 ts_nm_vector ts_nm_eip after_clts",
+            " fxsave_xmm0 fxrstor_xmm0 mmx_paddusb mmx_pmaddwd_wrap mmx_pmaddwd mmx_packsswb mmx_psraw_past_width"
+            " mmx_tags_valid mmx_top_zero mmx_fxsave_mm1 emms_tags_empty ts_nm_vector"
+            " ts_nm_eip after_clts",
         ),
         _guest("x87", "add imul sqrt compare default_cw"),
         _guest(

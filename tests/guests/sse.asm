@@ -4,7 +4,7 @@
 ;   (after FNINIT) and MXCSR (with PE from an inexact conversion) where the
 ;   layout says, and FXRSTOR brings a clobbered XMM register back; with
 ;   CR0.TS set, the first SSE instruction raises #NM (device not available)
-;   and CLTS lets it run.
+;   and CLTS lets it run. MMX lanes and the MMX/x87 state sharing, see below.
 %include "lib.inc"
 
 %define CR4_OSFXSR  (1 << 9)
@@ -58,6 +58,42 @@ main:
         movd eax, xmm0
         CHECK "sse.fxrstor_xmm0", eax, 0x11111112
 
+        ; MMX (SDM Vol. 1 ch. 9): unsigned saturation, PMADDWD's wrap, pack saturation, shifts by
+        ; at least the lane width; the x87 aliasing (TOP 0 and every tag valid in FXSAVE, mm1 in
+        ; the ST1/MM1 slot), EMMS emptying the tags. Not checked here: bits 64-79 of the slot, all
+        ; ones on hardware (SDM Vol. 1 9.5.1) but not on QEMU TCG; CR0.EM -> #UD, which kvm on PVM
+        ; hands to the bt fallback, and that refuses every #UD.
+        movq mm0, [mmx_a]
+        paddusb mm0, [mmx_b]
+        movd eax, mm0
+        CHECK "sse.mmx_paddusb", eax, 0xFF000AFF
+        movq mm1, [mmx_w1]
+        pmaddwd mm1, [mmx_w2]
+        movd eax, mm1
+        CHECK "sse.mmx_pmaddwd_wrap", eax, 0x80000000
+        psrlq mm1, 32
+        movd eax, mm1
+        CHECK "sse.mmx_pmaddwd", eax, -7
+        movq mm2, [mmx_w3]
+        movq mm3, mm2
+        packsswb mm2, mm2
+        movd eax, mm2
+        CHECK "sse.mmx_packsswb", eax, 0xFB05807F
+        psraw mm3, 40
+        movd eax, mm3
+        CHECK "sse.mmx_psraw_past_width", eax, 0xFFFF0000
+        fxsave [fxarea]
+        movzx eax, byte [fxarea + 4]
+        CHECK "sse.mmx_tags_valid", eax, 0xFF
+        movzx eax, word [fxarea + 2]
+        and eax, 0x3800
+        CHECK "sse.mmx_top_zero", eax, 0
+        CHECK "sse.mmx_fxsave_mm1", [fxarea + 48], -7
+        emms
+        fxsave [fxarea]
+        movzx eax, byte [fxarea + 4]
+        CHECK "sse.emms_tags_empty", eax, 0
+
         ; CR0.TS: the next SSE instruction faults with #NM; CLTS clears TS.
         mov eax, cr0
         or eax, CR0_TS
@@ -82,5 +118,10 @@ d7_5:       dq 7.5
 d2_0:       dq 2.0
 d0_25:      dq 0.25
 d100:       dq 100.0
+mmx_a:      db 250, 5, 0, 255, 1, 2, 3, 4
+mmx_b:      db 10, 5, 0, 1, 1, 1, 1, 1
+mmx_w1:     dw 0x8000, 0x8000, 2, 3
+mmx_w2:     dw 0x8000, 0x8000, 4, -5
+mmx_w3:     dw 300, -300, 5, -5
         align 16
 fxarea:     times 512 db 0

@@ -14,7 +14,7 @@ reference path and single-stepper.
 
 Not modelled: debug-register breakpoints (the TF single-step trap is, in
 execute_one; the run loop steps TF code through it), alignment checks (#AC),
-VME/PVI, MMX, SSE3 and later, packed floating-point arithmetic, DAZ/FTZ, the
+VME/PVI, SSE3 and later, packed floating-point arithmetic, DAZ/FTZ, the
 x87's transcendental/BCD/FSAVE/FCMOV instructions and its 64-bit precision
 (ops/x87.py computes in binary64). CPUID (ops/system.py) advertises none of
 the missing features.
@@ -29,7 +29,7 @@ from xvm.engines.bt import interrupts
 from xvm.engines.bt.decoder.decoder import OPDEFS, Instr, NeedMoreBytes, decode
 from xvm.engines.bt.decoder.disasm import format_instr
 from xvm.engines.bt.faults import DB, GP, SS_FAULT, GuestFault
-from xvm.engines.bt.ops import alu, flow, sse, sse_fp, string, system, x87  # noqa: F401 - registers the handlers
+from xvm.engines.bt.ops import alu, flow, mmx, sse, sse_fp, string, system, x87  # noqa: F401 - registers the handlers
 from xvm.engines.bt.ops import io as port_io  # noqa: F401 - registers the handlers
 from xvm.engines.bt.ops.common import HANDLERS, HANDLERS_MEM
 from xvm.engines.bt.state import CS, MODE_REAL, RSP, CpuState

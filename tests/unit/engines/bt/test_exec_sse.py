@@ -38,6 +38,10 @@ def run(code: str, xmm0: int = 0, xmm1: int = 0, **regs):
     ("660f67c1", lanes([300, -5, 7, 0] * 2, 16), 0, lanes([255, 0, 7, 0] * 2, 8)),              # packuswb
     ("660fd2c1", lanes([0x80000000] * 4, 32), 4, lanes([0x08000000] * 4, 32)),                  # psrld by xmm
     ("660fe1c1", lanes([-64] * 8, 16), 3, lanes([-8] * 8, 16)),                                 # psraw
+    ("660fedc1", lanes([0x7FFF, -0x8000] * 4, 16), lanes([1, -1] * 4, 16), lanes([0x7FFF, -0x8000] * 4, 16)),  # paddsw
+    ("660ff5c1", lanes([-0x8000] * 8, 16), lanes([-0x8000] * 8, 16), lanes([0x80000000] * 4, 32)),  # pmaddwd
+    ("660ff6c1", lanes([9] + [0] * 15, 8), lanes([0] * 8 + [0, 4] + [0] * 6, 8), lanes([9, 4], 64)),  # psadbw
+    ("660fe3c1", lanes([0xFFFF, 1] * 4, 16), lanes([0xFFFF, 2] * 4, 16), lanes([0xFFFF, 2] * 4, 16)),  # pavgw
 ])
 def test_packed_integer(code, a, b, expected):
     assert run(code, a, b).xmm[0] == expected

@@ -45,7 +45,8 @@ def test_long_mode_state_round_trips() -> None:
     assert cpu.mode == MODE_LONG and cpu.cpl == 0 and cpu.code_bits == 64
     assert cpu.segs[FS].base == 0x7F00_0000_0000 and cpu.segs[GS].base == 0xFFFF8880_0F000000
     assert cpu.msrs[msr.MSR_LSTAR] == 0xFFFFFFFF_81A00000 and read_tsc(cpu) == 10**9
-    assert cpu.fpu.st[0] == bytes.fromhex("0000000000000080ff3f") and cpu.xmm[15] == int.from_bytes(
+    # FSW.TOP = 7: the ST0 slot is physical register 7, the one the tag word marks valid.
+    assert cpu.fpu.st[7] == bytes.fromhex("0000000000000080ff3f") and cpu.xmm[15] == int.from_bytes(
         bytes(range(16)), "little")
     assert bytes(regs_to_kvm(cpu.get_regs())) == bytes(regs)
     back = abi.kvm_sregs.from_buffer_copy(sregs)

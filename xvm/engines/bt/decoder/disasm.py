@@ -94,7 +94,7 @@ def operands(ins: Instr, next_rip: int) -> list[tuple]:
             out.append(("reg", f"st{ins.rm & 7}"))
         elif spec in _FIXED_SREG:
             out.append(("reg", spec.lower()))
-        elif kind in "EMWRU":
+        elif kind in "EMWRUQN":
             size = _operand_size(spec, ins)
             if spec == "M" or (spec == "Mb" and ins.op.mnemonic != "invlpg"):
                 size = 0 if spec == "M" else 1
@@ -102,6 +102,8 @@ def operands(ins: Instr, next_rip: int) -> list[tuple]:
                 out.append(_memory(ins, size, next_rip))
             elif kind in "WU" or spec.endswith("x"):
                 out.append(("reg", f"xmm{ins.rm}"))
+            elif kind in "QN":
+                out.append(("reg", f"mm{ins.rm & 7}"))  # MMX registers ignore REX.B
             else:
                 if spec == "Ew" and ins.op.mnemonic in _EW_REGISTER_OPSIZE:
                     size = opsize  # register forms take the operand size
@@ -113,6 +115,8 @@ def operands(ins: Instr, next_rip: int) -> list[tuple]:
             out.append(("reg", reg_name(ins.reg, size, ins.rex)))
         elif kind == "V":
             out.append(("reg", f"xmm{ins.reg}"))
+        elif kind == "P":
+            out.append(("reg", f"mm{ins.reg & 7}"))
         elif kind == "Z":
             out.append(("reg", reg_name(ins.rm, _operand_size(spec, ins), ins.rex)))
         elif kind == "S":
@@ -136,6 +140,9 @@ def operands(ins: Instr, next_rip: int) -> list[tuple]:
         elif kind == "O":
             size = 1 if "AL" in ins.op.operands else opsize
             out.append(("mem", size, ins.seg, None, None, 1, ins.imm))
+        elif kind == "B":  # BD: DS:rDI, segment override allowed
+            size = 8 if spec == "BDq" else 16
+            out.append(("mem", size, ins.seg, _addr_reg(7, ins.addrsize), None, 1, 0))
         elif kind in "XY":
             size = _operand_size(spec, ins)
             index = 6 if kind == "X" else 7

@@ -19,7 +19,8 @@ operands
     R (register only), I (immediate, ``Ibs`` sign-extended), J (relative),
     A (far pointer), O (moffs), S (segment register), C/D (control/debug
     register), Z (register in the opcode's low bits), X/Y (string source
-    DS:rSI / destination ES:rDI), V/W/U (xmm reg / xmm or memory / xmm reg only);
+    DS:rSI / destination ES:rDI), BD (DS:rDI, MASKMOVQ's and MASKMOVDQU's destination),
+    V/W/U (xmm reg / xmm or memory / xmm reg only), P/Q/N (mm reg / mm or memory / mm reg only);
     size suffixes b w d q v (16/32/64 by operand size) z (16/32) y (32/64)
     p (far pointer) s (descriptor-table pseudo-descriptor) dq (16 bytes)
     t (80-bit real) e (x87 environment). Fixed operands are register names
@@ -40,7 +41,8 @@ from __future__ import annotations
 
 ALU_OPS = ("add", "or", "adc", "sbb", "and", "sub", "xor", "cmp")
 SHIFT_OPS = ("rol", "ror", "rcl", "rcr", "shl", "shr", "sal", "sar")
-#: SSE2 packed-integer ops with a Vx,Wx form (66 0F xx /r): opcode, mnemonic.
+#: Packed-integer ops with an MMX form (NP 0F xx /r: Pq,Qq) and an SSE2 form (66 0F xx /r: Vx,Wx), except
+#: XMM_ONLY: opcode, mnemonic.
 PACKED_INT_OPS = (
     ("60", "punpcklbw"), ("61", "punpcklwd"), ("62", "punpckldq"), ("6C", "punpcklqdq"),
     ("68", "punpckhbw"), ("69", "punpckhwd"), ("6A", "punpckhdq"), ("6D", "punpckhqdq"),
@@ -52,8 +54,13 @@ PACKED_INT_OPS = (
     ("DB", "pand"), ("DF", "pandn"), ("EB", "por"), ("EF", "pxor"),
     ("D1", "psrlw"), ("D2", "psrld"), ("D3", "psrlq"), ("E1", "psraw"), ("E2", "psrad"),
     ("F1", "psllw"), ("F2", "pslld"), ("F3", "psllq"), ("F4", "pmuludq"),
+    ("EC", "paddsb"), ("ED", "paddsw"), ("DC", "paddusb"), ("DD", "paddusw"),
+    ("E8", "psubsb"), ("E9", "psubsw"), ("D8", "psubusb"), ("D9", "psubusw"),
+    ("D5", "pmullw"), ("E5", "pmulhw"), ("E4", "pmulhuw"), ("F5", "pmaddwd"),
+    ("E0", "pavgb"), ("E3", "pavgw"), ("F6", "psadbw"),
 )
-#: Shifts by an immediate (66 0F 71/72/73 /digit ib, register operand only).
+XMM_ONLY = frozenset(("punpcklqdq", "punpckhqdq", "psrldq", "pslldq"))
+#: Shifts by an immediate (NP/66 0F 71/72/73 /digit ib, register operand only).
 PACKED_SHIFT_IMM = (
     ("71", 2, "psrlw"), ("71", 4, "psraw"), ("71", 6, "psllw"),
     ("72", 2, "psrld"), ("72", 4, "psrad"), ("72", 6, "pslld"),
@@ -382,6 +389,17 @@ def _rows() -> list[tuple[str, str, str, str]]:
     add(("0F C7 /1 m", "cmpxchg8b", "Mq", "lock W0"))
     add(("0F C7 /1 m", "cmpxchg16b", "Mdq", "lock W1 o64"))
     add(("0F C8+r", "bswap", "Zv", ""))
+    # --- MMX (SDM Vol. 1 ch. 9) and the SSE/SSE2 additions on mm registers: P is the mm register ModRM.reg
+    # names, Q an mm register (ModRM.rm) or memory, N an mm register (ModRM.rm) only ---
+    add(("NP 0F 6E /r", "movd/movd/movq", "Pq,Ey", ""))
+    add(("NP 0F 7E /r", "movd/movd/movq", "Ey,Pq", ""))
+    add(("NP 0F 6F /r", "movq", "Pq,Qq", ""))
+    add(("NP 0F 7F /r", "movq", "Qq,Pq", ""))
+    add(("NP 0F 77", "emms", "", ""))
+    add(("NP 0F 70 /r", "pshufw", "Pq,Qq,Ib", ""))
+    add(("NP 0F E7 /r m", "movntq", "Mq,Pq", ""))
+    add(("F2 0F D6 /r r", "movdq2q", "Pq,Ux", ""))
+    add(("F3 0F D6 /r r", "movq2dq", "Vx,Nq", ""))
     # --- SSE/SSE2: moves, packed-integer and logic ops, scalar floating point (what glibc's baseline
     # string/memory functions and busybox's arithmetic use; no packed floating-point arithmetic) ---
     for opc, ps, pd in (("10", "movups", "movupd"), ("28", "movaps", "movapd")):
@@ -424,16 +442,22 @@ def _rows() -> list[tuple[str, str, str, str]]:
     add(("66 0F C6 /r", "shufpd", "Vx,Wx,Ib", ""))
     add(("NP 0F 50 /r r", "movmskps", "Gy,Ux", ""))
     add(("66 0F 50 /r r", "movmskpd", "Gy,Ux", ""))
-    for opc, name in PACKED_INT_OPS:
-        add((f"66 0F {opc} /r", name, "Vx,Wx", ""))
-    for opc, digit, name in PACKED_SHIFT_IMM:
-        add((f"66 0F {opc} /{digit} r", name, "Ux,Ib", ""))
-    add(("66 0F D7 /r r", "pmovmskb", "Gy,Ux", ""))
+    # The packed-integer ops on mm (NP) and xmm (66) registers: reg, reg-or-memory, register-only operands.
+    for prefix, reg, rm, rm_reg, maskmov in (("NP", "Pq", "Qq", "Nq", "maskmovq"),
+                                             ("66", "Vx", "Wx", "Ux", "maskmovdqu")):
+        for opc, name in PACKED_INT_OPS:
+            if prefix == "66" or name not in XMM_ONLY:
+                add((f"{prefix} 0F {opc} /r", name, f"{reg},{rm}", ""))
+        for opc, digit, name in PACKED_SHIFT_IMM:
+            if prefix == "66" or name not in XMM_ONLY:
+                add((f"{prefix} 0F {opc} /{digit} r", name, f"{rm_reg},Ib", ""))
+        add((f"{prefix} 0F D7 /r r", "pmovmskb", f"Gy,{rm_reg}", ""))
+        add((f"{prefix} 0F C5 /r r", "pextrw", f"Gy,{rm_reg},Ib", ""))
+        add((f"{prefix} 0F C4 /r", "pinsrw", f"{reg},Ew,Ib", ""))
+        add((f"{prefix} 0F F7 /r r", maskmov, f"BD{reg[1]},{reg},{rm_reg}", ""))
     add(("66 0F 70 /r", "pshufd", "Vx,Wx,Ib", ""))
     add(("F2 0F 70 /r", "pshuflw", "Vx,Wx,Ib", ""))
     add(("F3 0F 70 /r", "pshufhw", "Vx,Wx,Ib", ""))
-    add(("66 0F C5 /r r", "pextrw", "Gy,Ux,Ib", ""))
-    add(("66 0F C4 /r", "pinsrw", "Vx,Ew,Ib", ""))
     for opc, name in SCALAR_FP_OPS:
         add((f"F2 0F {opc} /r", name + "sd", "Vx,Wq", ""))
         add((f"F3 0F {opc} /r", name + "ss", "Vx,Wd", ""))

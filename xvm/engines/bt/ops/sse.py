@@ -5,7 +5,8 @@ initialises and saves FPU state (FNINIT, FLDCW, FXSAVE/FXRSTOR, LDMXCSR)
 and glibc's baseline (SSE2) string and memory functions use 128-bit moves
 and packed byte/word/dword compares, arithmetic, shuffles and shifts.
 Scalar floating point is in sse_fp.py, the x87 in x87.py (whose FpuState
-FXSAVE/FXRSTOR save and restore). XMM registers are 128-bit ints in
+FXSAVE/FXRSTOR save and restore), MMX in mmx.py (which reuses the lane
+arithmetic here at 64 bits). XMM registers are 128-bit ints in
 `cpu.xmm`. SSE instructions need CR4.OSFXSR (else #UD), CR0.EM clear (#UD)
 and CR0.TS clear (#NM) (SDM Vol. 3 13.1).
 """
@@ -16,8 +17,8 @@ from xvm.arch.x86.regs import CR0_EM, CR0_TS, CR4_OSFXSR
 from xvm.engines.bt.faults import NM, GuestFault
 from xvm.engines.bt.ops.common import ea, gp0, handles, read_E, seg_linear, set_reg, ud, write_E
 from xvm.engines.bt.ops.system import fpu_check
-from xvm.engines.bt.ops.x87 import fpu
-from xvm.engines.bt.state import MODE_LONG
+from xvm.engines.bt.ops.x87 import TOP_SHIFT, fpu
+from xvm.engines.bt.state import MODE_LONG, RDI
 
 MXCSR_MASK = 0xFFBF  # every MXCSR bit but DAZ is writable
 M128 = (1 << 128) - 1
@@ -51,8 +52,9 @@ def store_fxsave_image(cpu, image: bytearray, nxmm: int) -> None:
     image[8:16] = st.fip.to_bytes(8, "little")
     image[16:24] = st.fdp.to_bytes(8, "little")
     image[24:28] = cpu.mxcsr.to_bytes(4, "little")
-    for i in range(8):
-        image[32 + 16 * i:42 + 16 * i] = st.st[i]
+    top = (st.fsw >> TOP_SHIFT) & 7
+    for i in range(8):  # ST0..ST7 in stack order; the abridged tag word is by physical register
+        image[32 + 16 * i:42 + 16 * i] = st.st[(top + i) & 7]
     for i in range(nxmm):
         image[160 + 16 * i:176 + 16 * i] = cpu.xmm[i].to_bytes(16, "little")
 
@@ -66,7 +68,9 @@ def load_fxsave_image(cpu, image: bytes, nxmm: int) -> None:
     st.fop = int.from_bytes(image[6:8], "little")
     st.fip = int.from_bytes(image[8:16], "little")
     st.fdp = int.from_bytes(image[16:24], "little")
-    st.st = [bytes(image[32 + 16 * i:42 + 16 * i]) for i in range(8)]
+    top = (st.fsw >> TOP_SHIFT) & 7
+    slots = [bytes(image[32 + 16 * i:42 + 16 * i]) for i in range(8)]
+    st.st = [slots[(phys - top) & 7] for phys in range(8)]
     cpu.mxcsr = int.from_bytes(image[24:28], "little")
     for i in range(nxmm):
         cpu.xmm[i] = int.from_bytes(image[160 + 16 * i:176 + 16 * i], "little")
@@ -212,6 +216,24 @@ def movnti_My_Gy(cpu, mmu, ins, io):
     write_M(cpu, mmu, ins, size, cpu.regs[ins.reg] & ((1 << (size * 8)) - 1))
 
 
+def masked_store(cpu, mmu, ins, data: int, mask: int, size: int) -> None:
+    """MASKMOVQ/MASKMOVDQU: store the bytes of `data` whose `mask` byte has its top bit set to DS:rDI.
+
+    The bytes are written one by one, so unselected bytes are not touched (they may be MMIO or another
+    thread's); the whole range is checked against the segment first.
+    """
+    lin = seg_linear(cpu, ins.seg, cpu.regs[RDI] & ins.addr_mask, size, True)
+    for i in range(size):
+        if (mask >> (8 * i + 7)) & 1:
+            mmu.write(lin + i, 1, (data >> (8 * i)) & 0xFF, cpu.cpl == 3)
+
+
+@handles("maskmovdqu_BDx_Vx_Ux")
+def maskmovdqu(cpu, mmu, ins, io):
+    sse_check(cpu)
+    masked_store(cpu, mmu, ins, cpu.xmm[ins.reg], cpu.xmm[ins.rm], 16)
+
+
 @handles("movd_Vx_Ey")
 def movd_Vx_Ey(cpu, mmu, ins, io):
     sse_check(cpu)
@@ -247,18 +269,24 @@ def movmsk(cpu, mmu, ins, io):
     """Sign bits of each byte/dword/qword into a GPR (zero-extended)."""
     sse_check(cpu)
     width = {"movmskps": 32, "movmskpd": 64, "pmovmskb": 8}[ins.op.mnemonic]
-    src = cpu.xmm[ins.rm]
+    set_reg(cpu, ins.reg, 4, sign_mask(cpu.xmm[ins.rm], width, 128))
+
+
+def sign_mask(value: int, width: int, bits: int) -> int:
+    """The sign bit of each `width`-bit lane of a `bits`-wide value, lane i in bit i (MOVMSKPS, PMOVMSKB)."""
     mask = 0
-    for i in range(128 // width):
-        mask |= ((src >> (width * i + width - 1)) & 1) << i
-    set_reg(cpu, ins.reg, 4, mask)
+    for i in range(bits // width):
+        mask |= ((value >> (width * i + width - 1)) & 1) << i
+    return mask
 
 
 # --- packed integer ---------------------------------------------------------------
+# The lane arithmetic is written once for any register width: `packed_int_ops(128)` gives the xmm forms
+# here, `packed_int_ops(64)` the MMX forms in mmx.py.
 
-def split(value: int, width: int) -> list[int]:
+def split(value: int, width: int, bits: int = 128) -> list[int]:
     m = (1 << width) - 1
-    return [(value >> s) & m for s in range(0, 128, width)]
+    return [(value >> s) & m for s in range(0, bits, width)]
 
 
 def join(lanes: list[int], width: int) -> int:
@@ -277,15 +305,23 @@ def _saturate(v: int, lo: int, hi: int) -> int:
     return lo if v < lo else hi if v > hi else v
 
 
-def _lanewise(width: int, fn):
+def _sat_signed(v: int, width: int) -> int:
+    return _saturate(v, -(1 << (width - 1)), (1 << (width - 1)) - 1)
+
+
+def _sat_unsigned(v: int, width: int) -> int:
+    return _saturate(v, 0, (1 << width) - 1)
+
+
+def _lanewise(width: int, fn, bits: int):
     def op(a: int, b: int) -> int:
-        return join([fn(x, y, width) for x, y in zip(split(a, width), split(b, width))], width)
+        return join([fn(x, y, width) for x, y in zip(split(a, width, bits), split(b, width, bits))], width)
     return op
 
 
-def _unpack(width: int, high: bool):
+def _unpack(width: int, high: bool, bits: int):
     def op(a: int, b: int) -> int:
-        la, lb = split(a, width), split(b, width)
+        la, lb = split(a, width, bits), split(b, width, bits)
         half = len(la) // 2
         if high:
             la, lb = la[half:], lb[half:]
@@ -296,31 +332,31 @@ def _unpack(width: int, high: bool):
     return op
 
 
-def _pack(width: int, signed_out: bool):
+def _pack(width: int, signed_out: bool, bits: int):
     """PACKSSWB/PACKSSDW/PACKUSWB: narrow signed lanes of a then b with saturation."""
     out_width = width // 2
-    lo, hi = (-(1 << (out_width - 1)), (1 << (out_width - 1)) - 1) if signed_out else (0, (1 << out_width) - 1)
+    sat = _sat_signed if signed_out else _sat_unsigned
 
     def op(a: int, b: int) -> int:
-        lanes = [_saturate(_sx(v, width), lo, hi) for v in split(a, width) + split(b, width)]
-        return join(lanes, out_width)
+        lanes = split(a, width, bits) + split(b, width, bits)
+        return join([sat(_sx(v, width), out_width) for v in lanes], out_width)
     return op
 
 
-def _shift_count(b: int) -> int:
-    return b & _LOW64
+def _shift(width: int, kind: str, bits: int):
+    """Shift every lane by the count in the source's low quadword; a count >= the lane width clears
+    the lane (PSRL/PSLL) or fills it with its sign (PSRA)."""
 
-
-def _shift(width: int, kind: str):
-    def op(a: int, count: int) -> int:
+    def op(a: int, b: int) -> int:
+        count = b & _LOW64
         if kind == "sra":
             count = min(count, width - 1)
-            return join([_sx(x, width) >> count for x in split(a, width)], width)
+            return join([_sx(x, width) >> count for x in split(a, width, bits)], width)
         if count >= width:
             return 0
         if kind == "srl":
-            return join([x >> count for x in split(a, width)], width)
-        return join([x << count for x in split(a, width)], width)
+            return join([x >> count for x in split(a, width, bits)], width)
+        return join([x << count for x in split(a, width, bits)], width)
     return op
 
 
@@ -332,38 +368,66 @@ def _cmp_gt(x, y, w):
     return (1 << w) - 1 if _sx(x, w) > _sx(y, w) else 0
 
 
-#: mnemonic -> fn(dest value, source value) -> new dest value, for the Vx,Wx packed-integer rows.
-PACKED_INT = {
-    "punpcklbw": _unpack(8, False), "punpcklwd": _unpack(16, False), "punpckldq": _unpack(32, False),
-    "punpcklqdq": _unpack(64, False), "punpckhbw": _unpack(8, True), "punpckhwd": _unpack(16, True),
-    "punpckhdq": _unpack(32, True), "punpckhqdq": _unpack(64, True),
-    "unpcklps": _unpack(32, False), "unpckhps": _unpack(32, True),
-    "unpcklpd": _unpack(64, False), "unpckhpd": _unpack(64, True),
-    "packsswb": _pack(16, True), "packssdw": _pack(32, True), "packuswb": _pack(16, False),
-    "pcmpeqb": _lanewise(8, _cmp_eq), "pcmpeqw": _lanewise(16, _cmp_eq), "pcmpeqd": _lanewise(32, _cmp_eq),
-    "pcmpgtb": _lanewise(8, _cmp_gt), "pcmpgtw": _lanewise(16, _cmp_gt), "pcmpgtd": _lanewise(32, _cmp_gt),
-    "paddb": _lanewise(8, lambda x, y, w: x + y), "paddw": _lanewise(16, lambda x, y, w: x + y),
-    "paddd": _lanewise(32, lambda x, y, w: x + y), "paddq": _lanewise(64, lambda x, y, w: x + y),
-    "psubb": _lanewise(8, lambda x, y, w: x - y), "psubw": _lanewise(16, lambda x, y, w: x - y),
-    "psubd": _lanewise(32, lambda x, y, w: x - y), "psubq": _lanewise(64, lambda x, y, w: x - y),
-    "pminub": _lanewise(8, lambda x, y, w: min(x, y)), "pmaxub": _lanewise(8, lambda x, y, w: max(x, y)),
-    "pminsw": _lanewise(16, lambda x, y, w: x if _sx(x, w) < _sx(y, w) else y),
-    "pmaxsw": _lanewise(16, lambda x, y, w: x if _sx(x, w) > _sx(y, w) else y),
-    "pmuludq": lambda a, b: join([(a & 0xFFFFFFFF) * (b & 0xFFFFFFFF),
-                                  ((a >> 64) & 0xFFFFFFFF) * ((b >> 64) & 0xFFFFFFFF)], 64),
-    "pand": lambda a, b: a & b, "andps": lambda a, b: a & b, "andpd": lambda a, b: a & b,
-    "pandn": lambda a, b: ~a & b & M128, "andnps": lambda a, b: ~a & b & M128, "andnpd": lambda a, b: ~a & b & M128,
-    "por": lambda a, b: a | b, "orps": lambda a, b: a | b, "orpd": lambda a, b: a | b,
-    "pxor": lambda a, b: a ^ b, "xorps": lambda a, b: a ^ b, "xorpd": lambda a, b: a ^ b,
-    "psrlw": lambda a, b: _shift(16, "srl")(a, _shift_count(b)),
-    "psrld": lambda a, b: _shift(32, "srl")(a, _shift_count(b)),
-    "psrlq": lambda a, b: _shift(64, "srl")(a, _shift_count(b)),
-    "psraw": lambda a, b: _shift(16, "sra")(a, _shift_count(b)),
-    "psrad": lambda a, b: _shift(32, "sra")(a, _shift_count(b)),
-    "psllw": lambda a, b: _shift(16, "sll")(a, _shift_count(b)),
-    "pslld": lambda a, b: _shift(32, "sll")(a, _shift_count(b)),
-    "psllq": lambda a, b: _shift(64, "sll")(a, _shift_count(b)),
-}
+def _pmaddwd(x, y, w):
+    """Two signed 16x16 products summed into the dword (0x8000 * 0x8000 twice wraps to 0x80000000)."""
+    return _sx(x & 0xFFFF, 16) * _sx(y & 0xFFFF, 16) + _sx(x >> 16, 16) * _sx(y >> 16, 16)
+
+
+def _psadbw(x, y, w):
+    """Sum of the absolute differences of the quadword's eight bytes, in its low word."""
+    return sum(abs(((x >> s) & 0xFF) - ((y >> s) & 0xFF)) for s in range(0, 64, 8))
+
+
+def packed_int_ops(bits: int) -> dict:
+    """mnemonic -> fn(dest value, source value) -> new dest value, for `bits`-wide registers (128 xmm, 64 mm)."""
+    def lanes(width, fn):
+        return _lanewise(width, fn, bits)
+
+    ops = {
+        "punpcklbw": _unpack(8, False, bits), "punpcklwd": _unpack(16, False, bits),
+        "punpckldq": _unpack(32, False, bits), "punpckhbw": _unpack(8, True, bits),
+        "punpckhwd": _unpack(16, True, bits), "punpckhdq": _unpack(32, True, bits),
+        "packsswb": _pack(16, True, bits), "packssdw": _pack(32, True, bits), "packuswb": _pack(16, False, bits),
+        "pcmpeqb": lanes(8, _cmp_eq), "pcmpeqw": lanes(16, _cmp_eq), "pcmpeqd": lanes(32, _cmp_eq),
+        "pcmpgtb": lanes(8, _cmp_gt), "pcmpgtw": lanes(16, _cmp_gt), "pcmpgtd": lanes(32, _cmp_gt),
+        "pminub": lanes(8, lambda x, y, w: min(x, y)), "pmaxub": lanes(8, lambda x, y, w: max(x, y)),
+        "pminsw": lanes(16, lambda x, y, w: x if _sx(x, w) < _sx(y, w) else y),
+        "pmaxsw": lanes(16, lambda x, y, w: x if _sx(x, w) > _sx(y, w) else y),
+        "pavgb": lanes(8, lambda x, y, w: (x + y + 1) >> 1), "pavgw": lanes(16, lambda x, y, w: (x + y + 1) >> 1),
+        "pmullw": lanes(16, lambda x, y, w: x * y),
+        "pmulhw": lanes(16, lambda x, y, w: (_sx(x, w) * _sx(y, w)) >> 16),
+        "pmulhuw": lanes(16, lambda x, y, w: (x * y) >> 16),
+        "pmuludq": lanes(64, lambda x, y, w: (x & 0xFFFFFFFF) * (y & 0xFFFFFFFF)),
+        "pmaddwd": lanes(32, _pmaddwd), "psadbw": lanes(64, _psadbw),
+        "pand": lambda a, b: a & b, "pandn": lambda a, b: ~a & b, "por": lambda a, b: a | b,
+        "pxor": lambda a, b: a ^ b,
+    }
+    for suffix, width in (("b", 8), ("w", 16), ("d", 32), ("q", 64)):
+        ops["padd" + suffix] = lanes(width, lambda x, y, w: x + y)
+        ops["psub" + suffix] = lanes(width, lambda x, y, w: x - y)
+    for suffix, width in (("b", 8), ("w", 16)):
+        ops["padds" + suffix] = lanes(width, lambda x, y, w: _sat_signed(_sx(x, w) + _sx(y, w), w))
+        ops["psubs" + suffix] = lanes(width, lambda x, y, w: _sat_signed(_sx(x, w) - _sx(y, w), w))
+        ops["paddus" + suffix] = lanes(width, lambda x, y, w: _sat_unsigned(x + y, w))
+        ops["psubus" + suffix] = lanes(width, lambda x, y, w: _sat_unsigned(x - y, w))
+    for name, width in (("w", 16), ("d", 32), ("q", 64)):
+        ops["psrl" + name] = _shift(width, "srl", bits)
+        ops["psll" + name] = _shift(width, "sll", bits)
+        if width < 64:
+            ops["psra" + name] = _shift(width, "sra", bits)
+    return ops
+
+
+#: The xmm forms: the integer ops, the quadword unpacks and the bitwise ps/pd ops that share their arithmetic.
+PACKED_INT = packed_int_ops(128)
+PACKED_INT["punpcklqdq"] = _unpack(64, False, 128)
+PACKED_INT["punpckhqdq"] = _unpack(64, True, 128)
+for _alias, _name in (("unpcklps", "punpckldq"), ("unpckhps", "punpckhdq"), ("unpcklpd", "punpcklqdq"),
+                      ("unpckhpd", "punpckhqdq"), ("andps", "pand"), ("andpd", "pand"), ("andnps", "pandn"),
+                      ("andnpd", "pandn"), ("orps", "por"), ("orpd", "por"), ("xorps", "pxor"), ("xorpd", "pxor")):
+    PACKED_INT[_alias] = PACKED_INT[_name]
+
+
 def _packed(fn):
     """A Vx,Wx op: memory sources must be 16-byte aligned (legacy SSE encoding, SDM Vol. 1 11.4.1)."""
 
@@ -397,14 +461,17 @@ def pshuf(cpu, mmu, ins, io):
     order = ins.imm
     name = ins.op.mnemonic
     if name == "pshufd":
-        lanes = split(src, 32)
-        cpu.xmm[ins.reg] = join([lanes[(order >> (2 * i)) & 3] for i in range(4)], 32)
+        cpu.xmm[ins.reg] = join(shuffle4(split(src, 32), order), 32)
         return
     words = split(src, 16)
     base = 0 if name == "pshuflw" else 4
-    picked = [words[base + ((order >> (2 * i)) & 3)] for i in range(4)]
-    words[base:base + 4] = picked
+    words[base:base + 4] = shuffle4(words[base:base + 4], order)
     cpu.xmm[ins.reg] = join(words, 16)
+
+
+def shuffle4(lanes: list[int], order: int) -> list[int]:
+    """Four lanes picked by the 2-bit fields of an imm8 (PSHUFD, PSHUFLW/HW, PSHUFW)."""
+    return [lanes[(order >> (2 * i)) & 3] for i in range(4)]
 
 
 @handles("shufps_Vx_Wx_Ib", "shufpd_Vx_Wx_Ib")
@@ -430,6 +497,10 @@ def pextrw(cpu, mmu, ins, io):
 @handles("pinsrw_Vx_Ew_Ib")
 def pinsrw(cpu, mmu, ins, io):
     sse_check(cpu)
-    shift = 16 * (ins.imm & 7)
-    word = read_E(cpu, mmu, ins, 2)
-    cpu.xmm[ins.reg] = (cpu.xmm[ins.reg] & ~(0xFFFF << shift)) | (word << shift)
+    cpu.xmm[ins.reg] = insert_word(cpu.xmm[ins.reg], read_E(cpu, mmu, ins, 2), ins.imm & 7)
+
+
+def insert_word(value: int, word: int, index: int) -> int:
+    """`value` with its word `index` replaced (PINSRW)."""
+    shift = 16 * index
+    return (value & ~(0xFFFF << shift)) | (word << shift)

@@ -3,7 +3,8 @@
 State lives in an `FpuState` (`cpu.fpu`): control/status/tag words and the
 eight physical data registers as 80-bit images (what FXSAVE stores). TOP is
 FSW bits 11-13; ST(i) is physical register (TOP + i) mod 8; the tag word is
-kept in FXSAVE's abridged form (bit set = register in use).
+kept in FXSAVE's abridged form (bit set = register in use). MMX registers
+alias the physical registers' significands (mmx.py).
 
 Arithmetic is computed with Python floats, i.e. IEEE binary64: results
 carry a 53-bit significand, as with FCW.PC = 10 (double precision), not the
