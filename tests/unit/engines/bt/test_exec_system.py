@@ -85,6 +85,10 @@ def test_cpuid_vendor_and_features():
     vendor = b"".join(cpu.regs[r].to_bytes(4, "little") for r in (RBX, RDX, RCX))
     assert vendor == CPUID_VENDOR and cpu.regs[RAX] >= 1
     cpu.rip = CODE
+    run_code(cpu, SparseMmu(), bytes.fromhex("b8010000000fa2"))  # cpuid 1
+    baseline = (1 << 0) | (1 << 8) | (1 << 15) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)  # glibc's x86-64 ISA
+    assert cpu.regs[RDX] & baseline == baseline  # FPU CX8 CMOV MMX FXSR SSE SSE2
+    cpu.rip = CODE
     run_code(cpu, SparseMmu(), bytes.fromhex("b8010000800fa2"))  # cpuid 0x80000001
     assert cpu.regs[RDX] & (1 << 29) and cpu.regs[RDX] & (1 << 20)  # LM, NX
     assert not cpu.regs[RCX] & (1 << 5)  # no LZCNT: F3 0F BD stays BSR

@@ -105,13 +105,15 @@ TSC_OFFSET = IA32_TSC
 _EFER_WRITABLE = EFER_SCE | EFER_LME | EFER_NXE
 _CR4_SUPPORTED = 0x6BC  # TSD DE PSE PAE PGE OSFXSR OSXMMEXCPT: the CR4 features CPUID advertises
 
-# CPUID (SDM Vol. 2 CPUID). Leaf 1 EDX: FPU DE PSE TSC MSR PAE CX8 APIC SEP MTRR PGE CMOV PAT CLFSH FXSR SSE
-# SSE2; ECX: CX16. Extended: SYSCALL NX RDTSCP LM, LAHF/SAHF in 64-bit mode. Left out because they are not
-# implemented: VME, MCE/MCA, PSE-36, MMX, SSE3 and later, XSAVE, x2APIC, PCID. The FPU (x86-64 Linux requires
-# it, REQUIRED_MASK0) is there without transcendentals and at double precision (ops/x87.py).
+# CPUID (SDM Vol. 2 CPUID). Leaf 1 EDX: FPU DE PSE TSC MSR PAE CX8 APIC SEP MTRR PGE CMOV PAT CLFSH MMX FXSR
+# SSE SSE2; ECX: CX16. Extended: SYSCALL NX RDTSCP LM, LAHF/SAHF in 64-bit mode. Left out because they are not
+# implemented: VME, MCE/MCA, PSE-36, SSE3 and later, XSAVE, x2APIC, PCID. The FPU (x86-64 Linux requires
+# it, REQUIRED_MASK0) is there without transcendentals and at double precision (ops/x87.py); MMX (ops/mmx.py)
+# because glibc's x86-64 baseline ISA level requires it of every dynamically linked program.
 CPUID_VENDOR = b"XVMbtXVMbtXV"
 _LEAF1_EDX = ((1 << 0) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9) | (1 << 11)
-              | (1 << 12) | (1 << 13) | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 24) | (1 << 25) | (1 << 26))
+              | (1 << 12) | (1 << 13) | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25)
+              | (1 << 26))
 _LEAF1_ECX = 1 << 13
 _EXT1_EDX = (1 << 11) | (1 << 20) | (1 << 27) | (1 << 29)
 _EXT1_ECX = 1 << 0
