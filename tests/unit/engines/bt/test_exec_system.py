@@ -114,6 +114,14 @@ def test_msrs():
     assert fault_of(cpu, mmu, bytes.fromhex("0f30")).vector == GP  # reserved EFER bit
 
 
+def test_microcode_revision_reads_back_zero_after_linuxs_write():
+    """Linux on an Intel CPU: wrmsr(IA32_BIOS_SIGN_ID, 0); cpuid 1; rdmsr (the revision: none loaded)."""
+    cpu = make_cpu(64)
+    cpu.regs[RCX], cpu.regs[RAX], cpu.regs[RDX] = 0x8B, 0, 0
+    run_code(cpu, SparseMmu(), bytes.fromhex("0f30" "b801000000" "0fa2" "b98b000000" "0f32"))
+    assert (cpu.regs[RDX], cpu.regs[RAX]) == (0, 0)
+
+
 def test_entering_long_mode():
     cpu = make_cpu(32)
     mmu = SparseMmu()

@@ -110,7 +110,12 @@ _CR4_SUPPORTED = 0x6BC  # TSD DE PSE PAE PGE OSFXSR OSXMMEXCPT: the CR4 features
 # implemented: VME, MCE/MCA, PSE-36, SSE3 and later, XSAVE, x2APIC, PCID. The FPU (x86-64 Linux requires
 # it, REQUIRED_MASK0) is there without transcendentals and at double precision (ops/x87.py); MMX (ops/mmx.py)
 # because glibc's x86-64 baseline ISA level requires it of every dynamically linked program.
-CPUID_VENDOR = b"XVMbtXVMbtXV"
+# The vendor is Intel's, as Bochs and v86 report it: Linux and glibc read the feature leaves through
+# vendor-specific code only for vendors they know. With a vendor of its own, glibc 2.36 never reads leaf 1
+# (no baseline ISA: every dynamically linked program refuses to start) and Linux never marks the TSC
+# constant. Family 6 model 15 (Core 2) leaves the maximum basic leaf at 1, so no leaf 2/4 cache data is
+# expected; the brand string still says what this CPU is.
+CPUID_VENDOR = b"GenuineIntel"
 _LEAF1_EDX = ((1 << 0) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9) | (1 << 11)
               | (1 << 12) | (1 << 13) | (1 << 15) | (1 << 16) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25)
               | (1 << 26))
@@ -267,7 +272,9 @@ def wrmsr(cpu, mmu, ins, io):
             cpu.apic_base_msr.write(value)  # the LAPIC model honours the enable bit
         else:
             cpu.msrs[index] = value
-    elif index in (IA32_MTRRCAP, IA32_UCODE_REV):
+    elif index == IA32_UCODE_REV:
+        pass  # Linux writes 0 before CPUID to read the microcode revision back: none is loaded, it stays 0
+    elif index == IA32_MTRRCAP:
         raise gp0()  # read-only
     elif index in _MSR_DEFAULTS:
         cpu.msrs[index] = value
