@@ -46,6 +46,8 @@ from xvm.images import command_cmdline, default_guest  # noqa: E402
 
 MARKER = "xvm-bench-ready"
 INIT_LINE = "Run /init as init process"
+#: How QEMU reports a vCPU that KVM could not run (accel/kvm/kvm-all.c), before it pauses the VM for good.
+QEMU_KVM_FAILURE = "KVM internal error"
 CMDLINE = "console=ttyS0 panic=-1 reboot=t"
 MACHINES = ("xvm-kvm", "xvm-bt", "qemu-kvm-microvm", "qemu-kvm-pc", "qemu-tcg-pc", "qemu-tcg-microvm")
 
@@ -111,7 +113,15 @@ def boot_once(command: list, timeout: float) -> Boot:
     process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, errors="replace")
     stderr_lines: list = []
-    reader = threading.Thread(target=lambda: stderr_lines.extend(process.stderr), daemon=True)
+
+    def read_stderr() -> None:
+        for line in process.stderr:
+            stderr_lines.append(line)
+            if line.startswith(QEMU_KVM_FAILURE):
+                # QEMU pauses the VM and waits forever: let the register dump print, then end it.
+                threading.Timer(2.0, process.kill).start()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
     # The stdout loop below blocks while a hung guest prints nothing: kill it at the deadline.
     watchdog = threading.Timer(timeout, process.kill)
@@ -135,7 +145,8 @@ def boot_once(command: list, timeout: float) -> Boot:
     reader.join(timeout=5)
     # Without xvm's --stats JSON (the lines that open with "{", "}" or indentation).
     messages = [line.rstrip("\n") for line in stderr_lines if line.strip() and not line.startswith((" ", "{", "}"))]
-    boot.stderr_tail = messages[-6:]
+    # The first lines say what failed (QEMU: "KVM internal error. Suberror: 1"), the last ones where ("Code=").
+    boot.stderr_tail = messages if len(messages) <= 4 else messages[:2] + messages[-2:]
     stats_text = "".join(stderr_lines)
     if "{" in stats_text:
         try:
