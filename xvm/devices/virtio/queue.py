@@ -241,6 +241,8 @@ class Virtqueue:
         memory = self.memory
         size = self.size
         table, table_len = self.desc_addr, size
+        #: The indirect table once the chain enters it, read in one piece (a large request has ~256 entries).
+        entries: Optional[bytes] = None
         index = head
         budget = size  # descriptors left, direct and indirect together
         indirect = False
@@ -254,7 +256,10 @@ class Virtqueue:
                 raise VirtqueueError(f"descriptor chain from head {head} is longer than the queue size {size} "
                                      "(a loop?)")
             budget -= 1
-            addr, length, flags, next_index = _DESC.unpack(memory.read(table + DESC_SIZE * index, DESC_SIZE))
+            if entries is None:
+                addr, length, flags, next_index = _DESC.unpack(memory.read(table + DESC_SIZE * index, DESC_SIZE))
+            else:
+                addr, length, flags, next_index = _DESC.unpack_from(entries, DESC_SIZE * index)
             if flags & VIRTQ_DESC_F_INDIRECT:
                 if not self.indirect:
                     raise VirtqueueError("indirect descriptor without VIRTIO_F_INDIRECT_DESC")
@@ -270,6 +275,7 @@ class Virtqueue:
                 if not memory.contains(addr, length):
                     raise VirtqueueError(f"indirect table at {addr:#x}+{length:#x} is not in guest RAM")
                 table, table_len = addr, length // DESC_SIZE
+                entries = memory.read(addr, length)
                 index = 0
                 indirect = True
                 budget = table_len
@@ -280,11 +286,18 @@ class Virtqueue:
             if not memory.contains(addr, length):
                 raise VirtqueueError(f"buffer at {addr:#x}+{length:#x} is not in guest RAM")
             if flags & VIRTQ_DESC_F_WRITE:
-                writable.append((addr, length))
+                segments = writable
             elif writable:
                 raise VirtqueueError("device-readable descriptor after a device-writable one")
             else:
-                readable.append((addr, length))
+                segments = readable
+            last = segments[-1] if segments else None
+            if last is not None and last[0] + last[1] == addr and memory.contains(last[0], last[1] + length):
+                # Physically adjacent buffers (consecutive pages of one guest buffer) become one
+                # segment, in one RAM region: fewer views and iovecs per request.
+                segments[-1] = (last[0], last[1] + length)
+            else:
+                segments.append((addr, length))
             if not flags & VIRTQ_DESC_F_NEXT:
                 return DescriptorChain(memory, head, readable, writable, self.on_write)
             index = next_index

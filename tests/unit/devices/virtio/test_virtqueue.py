@@ -276,3 +276,22 @@ def test_write_accepts_memoryview_and_bytearray(driver, queue):
     assert chain.write(memoryview(b"abcdef")) == 6
     assert chain.write(bytearray(b"XY"), offset=6) == 2
     assert driver.written(head) == b"abcdefXY"
+
+
+@pytest.mark.parametrize("indirect", [False, True])
+def test_adjacent_buffers_become_one_segment(driver, queue, indirect):
+    """Consecutive pages of one guest buffer: one (gpa, length) per run of adjacent addresses."""
+    head = driver.post([b"hdr"], [0x1000, 0x1000, 0x1000], indirect=indirect)
+    (hdr, _, _), (first, _, _), (second, _, _), (third, _, _) = driver.buffers[head]
+    assert second == first + 0x1000 and third == second + 0x1000
+    chain = queue.pop()
+    assert chain.readable == [(hdr, 3)]
+    assert chain.writable == [(first, 0x3000)]
+
+
+def test_buffers_with_a_gap_stay_apart(driver, queue, memory):
+    driver.write_desc(driver.desc, 0, 0x100000, 0x800, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 1)
+    driver.write_desc(driver.desc, 1, 0x100900, 0x800, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 2)
+    driver.write_desc(driver.desc, 2, 0x101100, 0x100, VIRTQ_DESC_F_WRITE, 0)
+    driver.publish(0)
+    assert queue.pop().writable == [(0x100000, 0x800), (0x100900, 0x900)]
