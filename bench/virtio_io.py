@@ -49,6 +49,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from xvm.arch.x86 import cpuid as cpuid_table  # noqa: E402
+from xvm.engines.kvm import host  # noqa: E402
 from xvm.images import command_cmdline, default_guest  # noqa: E402
 from xvm.images.guest_programs import IOPING, LSPCI  # noqa: E402
 from xvm.images.rootfs import build_rootfs  # noqa: E402
@@ -147,11 +149,16 @@ def xvm_command(engine: str, kernel: Path, root: Path, scratch: Path, script: st
 
 
 def qemu_command(engine: str, kernel: Path, root: Path, scratch: Path, script: str, timeout: float) -> list:
-    accel = ["-enable-kvm", "-cpu", "host"] if engine == "kvm" else ["-accel", "tcg"]
+    append = f"{APPEND} {command_cmdline(['sh', '-c', script])}"
+    accel = ["-accel", "tcg"]
+    if engine == "kvm":
+        accel = ["-enable-kvm", "-cpu", "qemu64,+xsaveerptr"]  # as bench/boot.py
+        if host.detect_backend() == "pvm":  # the guest setup xvm gives a PVM guest (KvmVm.linux_cmdline_hints)
+            append += " " + cpuid_table.linux_clearcpuid(cpuid_table.PVM_MASKED_FEATURES)
     return [
         "qemu-system-x86_64", *accel, "-M", "pc", "-m", "256", "-nodefaults", "-display", "none",
         "-serial", "stdio", "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
-        "-kernel", str(kernel), "-append", f"{APPEND} {command_cmdline(['sh', '-c', script])}",
+        "-kernel", str(kernel), "-append", append,
         "-drive", f"file={root},if=none,id=root,format=raw,cache=writeback",
         "-device", "virtio-blk-pci,drive=root",
         "-drive", f"file={scratch},if=none,id=scratch,format=raw,cache=writeback",
