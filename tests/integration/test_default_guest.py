@@ -26,7 +26,8 @@ def test_kvm_runs_a_command_and_returns_its_status(kvm_available, xvm):
 
 @pytest.mark.linux
 @pytest.mark.xfail(ON_PVM, strict=False,
-                   reason="PVM host: with 2 vCPUs a guest user process has segfaulted in some boots (README)")
+                   reason="PVM host: with 2 vCPUs busybox processes read 0 from their TLS and die of SIGSEGV in most "
+                          "boots, not xvm's fallback (README's PVM section)")
 def test_kvm_guest_sees_every_cpu(kvm_available, xvm):
     result = xvm("run", "--engine", "kvm", "--cpus", "2", "--", "nproc", timeout=LINUX_BOOT_TIMEOUT)
     assert "2" in result.stdout.splitlines(), result.describe()

@@ -185,11 +185,13 @@ class KvmVm:
             raise KvmError(f"{self.cpus} vCPUs requested but this KVM allows 1 to {max_vcpus}: lower --cpus")
         self.backend = host.detect_backend()
         if self.backend == "pvm" and self.cpus > 1:
-            # In 3 of 4 boots of the default guest with --cpus 2 (in none with 1) one busybox process read 0
-            # from its thread-local storage (fs:-0x90) and died of SIGSEGV; once it was the command itself.
-            # Not explained yet (masking PV TLB flush did not help); say so.
+            # With --cpus 2 busybox processes of the default guest read 0 from their freshly set-up
+            # thread-local storage (fs:-0x90 in glibc's __ctype_init) and die of SIGSEGV, several per 20
+            # pipelines; never with 1 vCPU or with isolcpus=1. Not the PVM fallback (none runs after kernel
+            # start once FWAIT is stepped over), not vCPU threads moving between host cores, not PV TLB
+            # flush (README).
             log.warning("PVM host: SMP Linux boots, but its user processes may segfault with %d vCPUs "
-                        "(a PVM issue); use --cpus 1 or --engine bt where that matters", self.cpus)
+                        "(PVM hosts only, README); use --cpus 1 or --engine bt where that matters", self.cpus)
         self.masked_features = cpuid_table.PVM_MASKED_FEATURES if self.backend == "pvm" else ()
         self.supported_cpuid = [
             cpuid_table.CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
