@@ -74,7 +74,8 @@ def test_blocks_of_one_shape_share_their_code():
     mmu = Mmu(memory, cpu, None)
     a = generate(scan(MOV_AX_1 + INC_BX, 0, 16, 0xFFFF), 0, cpu, mmu, None, [0])
     b = generate(scan(INC_BX + MOV_AX_1, 0x40, 16, 0xFFFF), 0x40, cpu, mmu, None, [0])
-    assert a.__code__ is b.__code__
+    assert a.__code__ == b.__code__  # one compile...
+    assert a.__code__ is not b.__code__  # ... copied: PyPy's JIT traces each block on its own
     b()
     assert cpu.regs[0] == 1 and cpu.regs[3] == 1
     assert cpu.rip == 0x44 and cpu.icount == 2
