@@ -14,6 +14,10 @@ Chaining. When a block ends with RIP on the same linear page it started on,
 the successor is on the same physical page at the same mode, so the block
 remembers it (two links: taken and fall-through, SDM jump targets being
 direct) and the next run skips the address translation and the dict lookup.
+A link to another linear page (a call, a return) also remembers the soft
+MMU's generation: it holds while no TLB entry has been dropped since (no
+flush, INVLPG or page-table store), as the target's translation is then the
+one the lookup found.
 Links are followed only from one block straight to the next inside `run`
 (anything else — an interrupt, a fault, an interpreted instruction, a
 sensitive tail that is not RESUMABLE — ends `run`, and the next call starts
@@ -51,8 +55,8 @@ _PAGE = 0x1000
 class Block:
     """One translated block and its chain links."""
 
-    __slots__ = ("fn", "key", "paddr", "raw", "vpn", "valid", "rip0", "next0", "rip1", "next1", "sensitive",
-                 "resumable", "pause")
+    __slots__ = ("fn", "key", "paddr", "raw", "vpn", "valid", "rip0", "next0", "gen0", "rip1", "next1", "gen1",
+                 "sensitive", "resumable", "pause")
 
     def __init__(self, fn, key: tuple, paddr: int, raw: bytes, vpn: int, last) -> None:
         self.fn = fn
@@ -69,10 +73,13 @@ class Block:
         #: Linear page number of its first byte (chaining stays on this page).
         self.vpn = vpn
         self.valid = True
+        #: Links: RIP, block, and the MMU generation for another page (-1: the same page).
         self.rip0 = -1
         self.next0: Optional[Block] = None
+        self.gen0 = -1
         self.rip1 = -1
         self.next1: Optional[Block] = None
+        self.gen1 = -1
 
 
 class BlockCache:
@@ -106,6 +113,7 @@ class BlockCache:
         after every block: kick() and device accesses lower it to stop early.
         """
         cpu = self.cpu
+        mmu = self.mmu
         smc = self._smc
         block = self._lookup(cpu.rip)
         if block is None:
@@ -139,24 +147,26 @@ class BlockCache:
                 rip = cpu.rip
                 if block.rip0 == rip:
                     successor = block.next0
+                    generation = block.gen0
                 elif block.rip1 == rip:
                     successor = block.next1
+                    generation = block.gen1
                 else:
                     successor = None
-                if successor is not None and successor.valid:
+                if successor is not None and successor.valid and (generation < 0 or generation == mmu.generation):
                     chained += 1
                     block = successor
                     continue
                 successor = self._lookup(rip)
                 if successor is None:
                     return False
-                if block.vpn == successor.vpn:
-                    # Same linear page, same mode: link them (SDM: direct targets); keep
-                    # the first link, let the second slot follow the latest other target.
-                    if block.next0 is None or not block.next0.valid:
-                        block.rip0, block.next0 = rip, successor
-                    else:
-                        block.rip1, block.next1 = rip, successor
+                # Link them (SDM: direct targets); keep the first link, let the second slot
+                # follow the latest other target.
+                generation = -1 if block.vpn == successor.vpn else mmu.generation
+                if block.next0 is None or not block.next0.valid or block.rip0 == rip:
+                    block.rip0, block.next0, block.gen0 = rip, successor, generation
+                else:
+                    block.rip1, block.next1, block.gen1 = rip, successor, generation
                 block = successor
         finally:
             self.counters.chained += chained
