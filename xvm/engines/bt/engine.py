@@ -11,7 +11,9 @@ monitor's loop (SDM Vol. 3 6.6 for where interrupts may be taken):
                       virtual time to the next timer deadline
         execute       translated blocks (translate/cache.py), chained, until the
                       next boundary; a block ending in a sensitive instruction
-                      (emulated by its handler) returns here at once. One
+                      (emulated by its handler) returns here at once unless
+                      the instruction is RESUMABLE (translate/blocks.py) and
+                      left the monitor nothing to look at. One
                       instruction goes through the interpreter instead for page
                       crossers, --trace, the instruction after STI/MOV SS, TF=1
         GuestFault    -> deliver through the IVT/IDT (interrupts.deliver_fault)

@@ -123,6 +123,10 @@ class Mmu:
         self._write_rmap: dict = {}
         self._walker = PageWalker(cpu, self._read_entry, self._set_entry_bits)
         self._mode_key: tuple = ()
+        #: Bumped whenever TLB entries are dropped (flush, INVLPG, page-table store): a
+        #: translation remembered outside the MMU (the block cache's cross-page chain
+        #: links) is still the TLB's while the generation has not moved.
+        self.generation = 0
         self._configure()
 
     # --- mode changes and flushes -------------------------------------------
@@ -158,6 +162,7 @@ class Mmu:
     def flush(self, include_global: bool = True) -> None:
         """Drop TLB entries: all of them, or all but global pages."""
         self.stats["tlb_flushes"] += 1
+        self.generation += 1
         if include_global or not self._global:
             for tlb in self._tlbs:
                 tlb.clear()
@@ -186,6 +191,7 @@ class Mmu:
                 self._drop(vpn)
 
     def _drop(self, vpn: int) -> None:
+        self.generation += 1
         for tlb in self._tlbs:
             tlb.pop(vpn, None)
         self._global.discard(vpn)

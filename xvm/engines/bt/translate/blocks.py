@@ -11,8 +11,10 @@ starting at one linear address and ending
   with every CPL/IOPL check the SDM gives, and then hands control back to the
   monitor's loop (trap-and-emulate: the loop re-examines interrupts, the
   interrupt shadow, HLT and TF, and looks the next block up afresh because
-  the mode or CS may have changed). The stats count these as the monitor's
-  interventions, not as translated execution;
+  the mode or CS may have changed; after the RESUMABLE ones, which change
+  none of that, only when IF came on, an interrupt shadow began, HLT or TF).
+  The stats count these as the monitor's interventions, not as translated
+  execution;
 * before an instruction that crosses the page end or the CS limit, wraps IP,
   or does not decode (the interpreter raises the precise fault when it gets
   there); and after MAX_BLOCK_INSTRUCTIONS.
@@ -47,6 +49,17 @@ SENSITIVE = frozenset((
     "lgdt", "lidt", "sgdt", "sidt", "lldt", "ltr", "sldt", "str", "smsw", "lmsw", "clts", "invlpg",
     "lar", "lsl", "verr", "verw", "arpl", "lss",
     "wrmsr", "rdmsr", "cpuid", "rdtsc", "rdtscp", "wbinvd", "invd", "ud2", "pause",
+))
+#: Sensitive instructions after which translated execution goes on, chained, when
+#: the monitor has nothing to look at (no interrupt window opened, no interrupt
+#: shadow, no HLT, TF clear, no device access): they change neither the
+#: operating mode, CS, nor paging, so the code after them and the chain links
+#: stay right. Linux's busy-waits (RDTSC and PAUSE in a loop, CLI/STI pairs)
+#: then cost no trip through the monitor's loop per iteration.
+RESUMABLE = frozenset((
+    "cli", "sti", "popf", "pause", "rdtsc", "rdtscp", "cpuid", "rdmsr",
+    "in", "out", "insb", "insw", "outsb", "outsw",
+    "lar", "lsl", "verr", "verw", "sgdt", "sidt", "sldt", "str", "smsw", "swapgs", "wbinvd", "invd", "clts",
 ))
 #: Far forms of JMP/CALL (through a far pointer: mode and CS change).
 FAR_OPERANDS = frozenset(("Ap", "Mp"))

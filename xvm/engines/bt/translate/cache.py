@@ -14,9 +14,14 @@ Chaining. When a block ends with RIP on the same linear page it started on,
 the successor is on the same physical page at the same mode, so the block
 remembers it (two links: taken and fall-through, SDM jump targets being
 direct) and the next run skips the address translation and the dict lookup.
+A link to another linear page (a call, a return) also remembers the soft
+MMU's generation: it holds while no TLB entry has been dropped since (no
+flush, INVLPG or page-table store), as the target's translation is then the
+one the lookup found.
 Links are followed only from one block straight to the next inside `run`
-(anything else — an interrupt, a fault, an interpreted instruction — ends
-`run`, and the next call starts with a lookup), and only to valid blocks.
+(anything else — an interrupt, a fault, an interpreted instruction, a
+sensitive tail that is not RESUMABLE — ends `run`, and the next call starts
+with a lookup), and only to valid blocks.
 
 Coherence. Every page holding a block is registered with the soft MMU
 (`watch_code_page`); a store to it calls `on_code_write(ppn)`. The blocks of
@@ -32,10 +37,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from xvm.arch.x86.regs import RFLAGS_IF
+from xvm.arch.x86.regs import RFLAGS_IF, RFLAGS_TF
 from xvm.engines.bt.mmu.walker import ACCESS_EXEC
 from xvm.engines.bt.state import CS, MODE_LONG
-from xvm.engines.bt.translate.blocks import is_sensitive, scan
+from xvm.engines.bt.translate.blocks import RESUMABLE, is_sensitive, scan
 from xvm.engines.bt.translate.codegen import generate
 
 try:
@@ -50,13 +55,15 @@ _PAGE = 0x1000
 class Block:
     """One translated block and its chain links."""
 
-    __slots__ = ("fn", "key", "paddr", "raw", "vpn", "valid", "rip0", "next0", "rip1", "next1", "sensitive",
-                 "pause")
+    __slots__ = ("fn", "key", "paddr", "raw", "vpn", "valid", "rip0", "next0", "gen0", "rip1", "next1", "gen1",
+                 "sensitive", "resumable", "pause")
 
     def __init__(self, fn, key: tuple, paddr: int, raw: bytes, vpn: int, last) -> None:
         self.fn = fn
-        #: Its last instruction is sensitive: after it, control returns to the monitor.
+        #: Its last instruction is sensitive: the monitor may have to look after it.
         self.sensitive = is_sensitive(last)
+        #: ... one after which translated execution may go on (blocks.RESUMABLE).
+        self.resumable = self.sensitive and last.op.mnemonic in RESUMABLE
         #: ... and is PAUSE, the spin-wait hint the monitor charges virtual time for.
         self.pause = last.op.mnemonic == "pause"
         self.key = key
@@ -66,10 +73,13 @@ class Block:
         #: Linear page number of its first byte (chaining stays on this page).
         self.vpn = vpn
         self.valid = True
+        #: Links: RIP, block, and the MMU generation for another page (-1: the same page).
         self.rip0 = -1
         self.next0: Optional[Block] = None
+        self.gen0 = -1
         self.rip1 = -1
         self.next1: Optional[Block] = None
+        self.gen1 = -1
 
 
 class BlockCache:
@@ -103,6 +113,7 @@ class BlockCache:
         after every block: kick() and device accesses lower it to stop early.
         """
         cpu = self.cpu
+        mmu = self.mmu
         smc = self._smc
         block = self._lookup(cpu.rip)
         if block is None:
@@ -110,11 +121,11 @@ class BlockCache:
         chained = 0
         previous = None
         residual_call = _RESIDUAL_CALL
+        interrupts_were_off = False
         try:
             while True:
                 if block.sensitive:
-                    self._run_sensitive(block, vcpu)
-                    return True
+                    interrupts_were_off = not cpu.rflags & RFLAGS_IF
                 if residual_call is None or block is previous:
                     block.fn()
                 else:
@@ -127,53 +138,56 @@ class BlockCache:
                     residual_call(block.fn)
                 previous = block
                 if smc[0]:
-                    smc[0] = 0
+                    smc[0] = 0  # a store hit translated code (a sensitive tail did not run then)
+                    return True
+                if block.sensitive and not self._after_sensitive(block, vcpu, interrupts_were_off):
                     return True
                 if cpu.icount >= vcpu._poll_at:
                     return True
                 rip = cpu.rip
                 if block.rip0 == rip:
                     successor = block.next0
+                    generation = block.gen0
                 elif block.rip1 == rip:
                     successor = block.next1
+                    generation = block.gen1
                 else:
                     successor = None
-                if successor is not None and successor.valid:
+                if successor is not None and successor.valid and (generation < 0 or generation == mmu.generation):
                     chained += 1
                     block = successor
                     continue
                 successor = self._lookup(rip)
                 if successor is None:
                     return False
-                if block.vpn == successor.vpn:
-                    # Same linear page, same mode: link them (SDM: direct targets); keep
-                    # the first link, let the second slot follow the latest other target.
-                    if block.next0 is None or not block.next0.valid:
-                        block.rip0, block.next0 = rip, successor
-                    else:
-                        block.rip1, block.next1 = rip, successor
+                # Link them (SDM: direct targets); keep the first link, let the second slot
+                # follow the latest other target.
+                generation = -1 if block.vpn == successor.vpn else mmu.generation
+                if block.next0 is None or not block.next0.valid or block.rip0 == rip:
+                    block.rip0, block.next0, block.gen0 = rip, successor, generation
+                else:
+                    block.rip1, block.next1, block.gen1 = rip, successor, generation
                 block = successor
         finally:
             self.counters.chained += chained
             self.counters.cache_hits += chained
 
-    def _run_sensitive(self, block: Block, vcpu) -> None:
-        """Run a block ending in a sensitive instruction; tell the monitor what it must re-examine.
+    def _after_sensitive(self, block: Block, vcpu, interrupts_were_off: bool) -> bool:
+        """A block's sensitive tail ran: tell the monitor what it must re-examine.
 
         IF turned on (STI, POPF, IRET), an interrupt shadow (STI, MOV SS) or
-        HLT: the run loop must look at interrupts before going on.
+        HLT: the run loop must look at interrupts before going on. Returns
+        True when translated execution may go on after it (a RESUMABLE tail,
+        nothing for the monitor, TF clear).
         """
         cpu = self.cpu
-        interrupts_were_off = not cpu.rflags & RFLAGS_IF
-        block.fn()
-        if self._smc[0]:
-            self._smc[0] = 0  # a store before the tail hit translated code: the tail did not run
-        else:
-            self.counters.emulated_instructions += 1
-            if block.pause:
-                vcpu.spin_wait()
+        self.counters.emulated_instructions += 1
+        if block.pause:
+            vcpu.spin_wait()
         if (interrupts_were_off and cpu.rflags & RFLAGS_IF) or cpu.interrupt_shadow or cpu.halted:
             vcpu._poll_at = 0
+            return False
+        return block.resumable and not cpu.rflags & RFLAGS_TF
 
     def _lookup(self, rip: int) -> Optional[Block]:
         """The block at CS:RIP, translated now if needed; None when it cannot start here."""

@@ -142,4 +142,9 @@ def generate(instrs: list, rip: int, cpu, mmu, io, smc: list) -> Callable[[], No
         ends.append(rip)
     factory, where = _factory(block_shape(instrs))
     fns = tuple(ins.fn for ins in instrs)
-    return factory(cpu, mmu, io, smc, fns, tuple(instrs), tuple(ends), tuple(starts), where)
+    fn = factory(cpu, mmu, io, smc, fns, tuple(instrs), tuple(ends), tuple(starts), where)
+    # Its own code object (a copy, not a compile): PyPy's JIT counts and traces per code
+    # object, so a hot block is compiled for its own handlers instead of guarding on
+    # whichever block of its shape got hot first.
+    fn.__code__ = fn.__code__.replace()
+    return fn
