@@ -206,9 +206,10 @@ class BtVm:
     def linux_cmdline_hints(self) -> str:
         """`lpj=` for a Linux guest with several vCPUs, so no CPU calibrates its delay loop against jiffies.
 
-        Linux skips that calibration on application processors only when its
-        vendor code marks the TSC constant (it does not know this CPU's vendor)
-        or lpj= gives the value. In virtual time jiffies move at one vCPU's
+        Linux skips that calibration on application processors only when the
+        TSC is constant and a core sibling has calibrated already (this CPU
+        reports no multi-core topology: each vCPU is its own package) or lpj=
+        gives the value. In virtual time jiffies move at one vCPU's
         instruction rate, so each calibration would take minutes. The TSC runs
         at TSC_HZ; lpj is that over the kernel's HZ, taken as 100, the lowest
         common one (a kernel with a larger HZ gets longer delays, never shorter).
